@@ -1,0 +1,379 @@
+"""Datasets as tensors on a device: CIFAR-10/100, SVHN, ImageFolder trees; ZCA.
+
+The whole (sub)set is decoded once, cached as uint8 safetensors under the cache
+folder (``$LSS_CACHE_DIR`` or ``./data/cache``), and held as one float tensor on
+the target device, as MTT does. Normalisation follows MTT: per-channel mean/std,
+then (for ``zca``) kornia's ZCA whitening with eps 0.1 fitted on the whole
+training set (PAPER.md 2.7).
+
+Where the data is looked for (:func:`find_data_root`), first hit wins:
+
+1. the ``data_root`` argument;
+2. the environment variable ``LSS_DATA_ROOT``;
+3. ``./data`` under the current folder;
+4. ``../shared/data`` beside the current folder, then beside the repository.
+
+A root may hold an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``), a
+``cifar10-jpeg.tar.xz`` archive of one (unpacked into the cache on first use), or
+torchvision's own files; with none of these, torchvision downloads.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kornia.enhance as KE
+import torch
+from torch import Tensor
+
+from .artifacts import ArtifactError, load_artifact, save_artifact
+from .config import DataConfig
+
+__all__ = [
+    "RealData",
+    "find_data_root",
+    "cache_dir",
+    "load_data",
+    "load_split_uint8",
+    "class_balanced_indices",
+    "Normaliser",
+]
+
+_ARCHIVES = {"cifar10": "cifar10-jpeg.tar.xz"}
+_MEANS = {
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+    "cifar100": ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]),
+    "svhn": ([0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
+}
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$LSS_CACHE_DIR`` or ``./data/cache``."""
+    return Path(os.environ.get("LSS_CACHE_DIR", Path.cwd() / "data" / "cache"))
+
+
+def _candidates(data_root: str | None) -> list[Path]:
+    out: list[Path] = []
+    if data_root:
+        out.append(Path(data_root))
+    if os.environ.get("LSS_DATA_ROOT"):
+        out.append(Path(os.environ["LSS_DATA_ROOT"]))
+    out.append(Path.cwd() / "data")
+    out.append(Path.cwd().parent / "shared" / "data")
+    repo = Path(__file__).resolve().parent.parent
+    out.append(repo / "data")
+    out.append(repo.parent / "shared" / "data")
+    return out
+
+
+def _has_dataset(root: Path, dataset: str) -> bool:
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return True
+    if dataset in _ARCHIVES and (root / _ARCHIVES[dataset]).is_file():
+        return True
+    if dataset in _ARCHIVES and (root / "cifar10-jpeg" / "train").is_dir():
+        return True
+    tv = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "svhn": "train_32x32.mat"}
+    return dataset in tv and (root / tv[dataset]).exists()
+
+
+def find_data_root(dataset: str, data_root: str | None = None) -> Path | None:
+    """The first folder of the lookup order (module docstring) that holds ``dataset``.
+
+    Returns:
+        The folder, or ``None`` when none has it (torchvision will download into
+        ``./data``).
+
+    Raises:
+        ValueError: ``data_root`` given but missing, for ``imagefolder``.
+    """
+    if dataset == "imagefolder":
+        root = Path(data_root or "")
+        if not (root / "train").is_dir():
+            raise ValueError(
+                f"invalid parameter data_root={data_root!r}: allowed a folder with train/<class>/ "
+                "and test/<class>/ image folders"
+            )
+        return root
+    for root in _candidates(data_root):
+        if root.is_dir() and _has_dataset(root, dataset):
+            return root
+    return None
+
+
+def _unpack_archive(archive: Path) -> Path:
+    dest = cache_dir() / archive.name.replace(".tar.xz", "")
+    marker = dest / ".complete"
+    if marker.is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    with tarfile.open(archive, "r:xz") as tar:
+        tar.extractall(tmp, filter="data")
+    inner = [p for p in tmp.iterdir() if p.is_dir()]
+    src = tmp if (tmp / "train").is_dir() else inner[0]
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    src.rename(dest) if src != tmp else tmp.rename(dest)
+    marker.touch()
+    return dest
+
+
+def _decode_imagefolder(root: Path, split: str) -> tuple[Tensor, Tensor, list[str]]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    folder = root / split
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not classes:
+        raise ValueError(f"invalid parameter data_root={str(root)!r}: {folder} holds no class folders")
+    samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS)
+    images, labels = [], []
+    shape = None
+    for path, label in samples:
+        img = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        if shape is None:
+            shape = img.shape
+        elif img.shape != shape:
+            raise ValueError(
+                f"invalid image {path}: shape {tuple(img.shape)}, all images must share {tuple(shape)}"
+            )
+        images.append(img)
+        labels.append(label)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes
+
+
+def _torchvision_split(dataset: str, root: Path, split: str) -> tuple[Tensor, Tensor, list[str]]:
+    import numpy as np
+    import torchvision.datasets as tvd
+
+    train = split == "train"
+    if dataset == "svhn":
+        ds = tvd.SVHN(str(root), split=split, download=True)
+        x = torch.from_numpy(np.asarray(ds.data))
+        y = torch.from_numpy(np.asarray(ds.labels)).long()
+        return x, y, [str(i) for i in range(10)]
+    cls = tvd.CIFAR10 if dataset == "cifar10" else tvd.CIFAR100
+    ds = cls(str(root), train=train, download=True)
+    x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
+
+
+def load_split_uint8(dataset: str, split: str, data_root: str | None = None) -> tuple[Tensor, Tensor, list[str]]:
+    """Decode one split as uint8, through the safetensors cache.
+
+    Args:
+        dataset: ``cifar10``, ``cifar100``, ``svhn`` or ``imagefolder``.
+        split: ``train`` or ``test``.
+        data_root: see :func:`find_data_root`.
+
+    Returns:
+        ``(images, labels, classes)``: uint8 ``[N, C, H, W]``, int64 ``[N]``, class names.
+    """
+    root = find_data_root(dataset, data_root)
+    key = dataset if dataset != "imagefolder" else f"imagefolder_{abs(hash(str(root.resolve()))) % 10**8}"
+    stem = cache_dir() / f"{key}_{split}"
+    try:
+        tensors, meta = load_artifact(stem, kind="dataset")
+        return tensors["images"], tensors["labels"], list(meta["classes"])
+    except ArtifactError:
+        pass
+    if root is not None and dataset in _ARCHIVES and (root / _ARCHIVES[dataset]).is_file():
+        if not (root / "train").is_dir():
+            root = _unpack_archive(root / _ARCHIVES[dataset])
+    if root is not None and (root / "cifar10-jpeg" / "train").is_dir() and dataset == "cifar10":
+        root = root / "cifar10-jpeg"
+    if root is not None and (root / "train").is_dir():
+        x, y, classes = _decode_imagefolder(root, split)
+        source = str(root)
+    else:
+        dl_root = root or (Path.cwd() / "data")
+        x, y, classes = _torchvision_split(dataset, dl_root, split)
+        source = f"torchvision:{dl_root}"
+    save_artifact(stem, {"images": x, "labels": y}, kind="dataset", extra={"classes": classes, "source": source})
+    return x, y, classes
+
+
+def class_balanced_indices(labels: Tensor, per_class: int, *, seed: int = 0) -> Tensor:
+    """Indices of ``per_class`` examples of each class, drawn without replacement.
+
+    Args:
+        labels: int64 ``[N]``.
+        per_class: examples per class; a class with fewer raises.
+        seed: seed of the draw (a private ``torch.Generator``).
+
+    Returns:
+        int64 ``[K * per_class]``, grouped by class in label order.
+
+    Raises:
+        ValueError: a class has fewer than ``per_class`` examples.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for c in labels.unique(sorted=True).tolist():
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < per_class:
+            raise ValueError(
+                f"invalid parameter train_per_class/test_per_class={per_class}: class {c} has only {len(idx)} examples"
+            )
+        out.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(out)
+
+
+@dataclass
+class Normaliser:
+    """Mean/std normalisation followed by optional ZCA (kornia), and its inverse.
+
+    Attributes:
+        mean, std: float32 ``[C]``.
+        zca_matrix, zca_inverse: float32 ``[D, D]`` with ``D = C*H*W`` (``None`` without ZCA).
+        zca_mean: float32 ``[1, D]``.
+    """
+
+    mean: Tensor
+    std: Tensor
+    zca_matrix: Tensor | None = None
+    zca_inverse: Tensor | None = None
+    zca_mean: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Normaliser:
+        f = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Normaliser(f(self.mean), f(self.std), f(self.zca_matrix), f(self.zca_inverse), f(self.zca_mean))
+
+    def __call__(self, x_uint8: Tensor, batch: int = 8192) -> Tensor:
+        """uint8 ``[N, C, H, W]`` -> normalised float32 ``[N, C, H, W]`` on ``mean``'s device."""
+        out = []
+        dev = self.mean.device
+        for i in range(0, len(x_uint8), batch):
+            x = x_uint8[i : i + batch].to(dev, torch.float32) / 255.0
+            x = (x - self.mean[:, None, None]) / self.std[:, None, None]
+            if self.zca_matrix is not None:
+                shape = x.shape
+                x = KE.linear_transform(x.flatten(1), self.zca_matrix, self.zca_mean, dim=0).view(shape)
+            out.append(x)
+        return torch.cat(out) if out else torch.empty(0, device=dev)
+
+    def invert(self, x: Tensor) -> Tensor:
+        """Normalised float ``[N, C, H, W]`` -> pixel values in ``[0, 1]`` (clamped)."""
+        x = x.detach().float()
+        if self.zca_inverse is not None:
+            shape = x.shape
+            # linear_transform computes (x - mean) @ M; the inverse adds the mean back afterwards.
+            x = (x.flatten(1) @ self.zca_inverse.to(x.device) + self.zca_mean.to(x.device)).view(shape)
+        x = x * self.std.to(x.device)[:, None, None] + self.mean.to(x.device)[:, None, None]
+        return x.clamp(0, 1)
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        d = {"mean": self.mean, "std": self.std}
+        if self.zca_matrix is not None:
+            d.update(zca_matrix=self.zca_matrix, zca_inverse=self.zca_inverse, zca_mean=self.zca_mean)
+        return d
+
+
+def _fit_normaliser(dataset: str, x_train: Tensor, normalisation: str, eps: float) -> Normaliser:
+    if normalisation == "none":
+        c = x_train.shape[1]
+        return Normaliser(torch.zeros(c), torch.ones(c))
+    if dataset in _MEANS:
+        mean, std = (torch.tensor(v) for v in _MEANS[dataset])
+    else:
+        xf = x_train.float() / 255.0
+        mean, std = xf.mean(dim=(0, 2, 3)), xf.std(dim=(0, 2, 3))
+    norm = Normaliser(mean, std)
+    if normalisation != "zca":
+        return norm
+    stem = cache_dir() / f"{dataset}_zca_eps{eps:g}_n{len(x_train)}"
+    try:
+        t, _ = load_artifact(stem, kind="zca")
+        return Normaliser(mean, std, t["zca_matrix"], t["zca_inverse"], t["zca_mean"])
+    except ArtifactError:
+        pass
+    flat = norm(x_train).flatten(1).double()
+    matrix, zmean, inverse = KE.zca_mean(flat, dim=0, unbiased=True, eps=eps, return_inverse=True)
+    norm = Normaliser(mean, std, matrix.float(), inverse.float(), zmean.float())
+    save_artifact(stem, {k: v for k, v in norm.to_tensors().items()}, kind="zca", extra={"eps": eps})
+    return norm
+
+
+@dataclass
+class RealData:
+    """A dataset held as normalised float32 tensors on one device.
+
+    Attributes:
+        x_train: float32 ``[N, C, H, W]`` (normalised, ZCA-whitened if configured).
+        y_train: int64 ``[N]``.
+        x_test: float32 ``[N_test, C, H, W]``.
+        y_test: int64 ``[N_test]``.
+        classes: class names in label order.
+        normaliser: the fitted :class:`Normaliser` (for display and storage of provenance).
+        config: the :class:`~lsslib.config.DataConfig` that made it.
+    """
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    classes: list[str]
+    normaliser: Normaliser
+    config: DataConfig
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def side(self) -> int:
+        return self.x_train.shape[2]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def images_of(self, c: int) -> Tensor:
+        """Training images of class ``c``: float32 ``[n_c, C, H, W]``."""
+        return self.x_train[self.y_train == c]
+
+
+def load_data(config: DataConfig, device: str | torch.device = "cpu") -> RealData:
+    """Load, subset and normalise a dataset onto ``device``.
+
+    The normaliser (and ZCA) is fitted on the whole training split, then the
+    class-balanced subsets of ``train_per_class`` / ``test_per_class`` are taken.
+
+    Args:
+        config: a validated :class:`~lsslib.config.DataConfig`.
+        device: target device of the tensors.
+
+    Returns:
+        A :class:`RealData`.
+    """
+    xtr, ytr, classes = load_split_uint8(config.dataset, "train", config.data_root)
+    xte, yte, _ = load_split_uint8(config.dataset, "test", config.data_root)
+    if xtr.shape[2] != xtr.shape[3]:
+        raise ValueError(f"invalid dataset {config.dataset!r}: images must be square, got {tuple(xtr.shape[1:])}")
+    norm = _fit_normaliser(config.dataset, xtr, config.normalisation, config.zca_eps).to(device)
+    if config.train_per_class is not None:
+        idx = class_balanced_indices(ytr, config.train_per_class, seed=config.subset_seed)
+        xtr, ytr = xtr[idx], ytr[idx]
+    if config.test_per_class is not None:
+        idx = class_balanced_indices(yte, config.test_per_class, seed=config.subset_seed + 1)
+        xte, yte = xte[idx], yte[idx]
+    return RealData(
+        x_train=norm(xtr),
+        y_train=ytr.to(device),
+        x_test=norm(xte),
+        y_test=yte.to(device),
+        classes=classes,
+        normaliser=norm,
+        config=config,
+    )
