@@ -165,7 +165,9 @@ def save_artifact(
     return jpath
 
 
-def read_metadata(stem: str | Path, *, kind: str | None = None, rebuild_hint: str = "") -> dict[str, Any]:
+def read_metadata(
+    stem: str | Path, *, kind: str | None = None, rebuild_hint: str = ""
+) -> dict[str, Any]:
     """Read and check ``stem.json`` (schema version and kind), without the tensors.
 
     Raises:
@@ -187,7 +189,9 @@ def read_metadata(stem: str | Path, *, kind: str | None = None, rebuild_hint: st
             f"{SCHEMA_VERSION}.{hint}"
         )
     if kind is not None and meta.get("kind") != kind:
-        raise ArtifactError(f"{jpath}: artifact kind {meta.get('kind')!r}, expected {kind!r}.{hint}")
+        raise ArtifactError(
+            f"{jpath}: artifact kind {meta.get('kind')!r}, expected {kind!r}.{hint}"
+        )
     return meta
 
 

@@ -333,7 +333,9 @@ class DistillConfig(_Params):
             integer=True,
             allow_none=True,
         )
-        check_range("schedule_iterations", self.schedule_iterations, lo=1, integer=True, allow_none=True)
+        check_range(
+            "schedule_iterations", self.schedule_iterations, lo=1, integer=True, allow_none=True
+        )
         check_range("stair_every", self.stair_every, lo=1, integer=True)
         check_range("lr_img", self.lr_img, lo=0)
         check_range("lr_factors", self.lr_factors, lo=0, allow_none=True)
@@ -360,7 +362,9 @@ class DistillConfig(_Params):
             return self.schedule_start
         return max(self.min_start_epoch, math.ceil(self.max_start_epoch / 2))
 
-    def check_against(self, *, channels: int, side: int, num_classes: int, buffer_epochs: int | None = None) -> None:
+    def check_against(
+        self, *, channels: int, side: int, num_classes: int, buffer_epochs: int | None = None
+    ) -> None:
         """Cross-field rules that need the data shape or the buffer.
 
         Args:
@@ -460,7 +464,20 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "evaluate": (DataConfig, ModelConfig, EvalConfig),
 }
 
-_PROFILE_KEYS = {"name", "description", "hardware", "data", "model", "buffers", "distill", "eval", "runs", "baselines", "main", "ablations"}
+_PROFILE_KEYS = {
+    "name",
+    "description",
+    "hardware",
+    "data",
+    "model",
+    "buffers",
+    "distill",
+    "eval",
+    "runs",
+    "baselines",
+    "main",
+    "ablations",
+}
 
 
 def load_profile(profile: str | Path) -> dict[str, Any]:
@@ -508,7 +525,9 @@ def _block_names(block: str) -> set[str]:
     return {n for cls in owners for n in cls.names()}
 
 
-def stage_parameters(profile: Mapping[str, Any], stage: str, run: str | None = None) -> dict[str, Any]:
+def stage_parameters(
+    profile: Mapping[str, Any], stage: str, run: str | None = None
+) -> dict[str, Any]:
     """The flat parameter dict of one stage of a profile (what papermill receives).
 
     Args:

@@ -76,7 +76,11 @@ def _has_dataset(root: Path, dataset: str) -> bool:
         return True
     if dataset in _ARCHIVES and (root / "cifar10-jpeg" / "train").is_dir():
         return True
-    tv = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "svhn": "train_32x32.mat"}
+    tv = {
+        "cifar10": "cifar-10-batches-py",
+        "cifar100": "cifar-100-python",
+        "svhn": "train_32x32.mat",
+    }
     return dataset in tv and (root / tv[dataset]).exists()
 
 
@@ -135,7 +139,9 @@ def _decode_imagefolder(root: Path, split: str) -> tuple[Tensor, Tensor, list[st
     folder = root / split
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if not classes:
-        raise ValueError(f"invalid parameter data_root={str(root)!r}: {folder} holds no class folders")
+        raise ValueError(
+            f"invalid parameter data_root={str(root)!r}: {folder} holds no class folders"
+        )
     samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS)
     images, labels = [], []
     shape = None
@@ -168,7 +174,9 @@ def _torchvision_split(dataset: str, root: Path, split: str) -> tuple[Tensor, Te
     return x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
 
 
-def load_split_uint8(dataset: str, split: str, data_root: str | None = None) -> tuple[Tensor, Tensor, list[str]]:
+def load_split_uint8(
+    dataset: str, split: str, data_root: str | None = None
+) -> tuple[Tensor, Tensor, list[str]]:
     """Decode one split as uint8, through the safetensors cache.
 
     Args:
@@ -180,7 +188,11 @@ def load_split_uint8(dataset: str, split: str, data_root: str | None = None) -> 
         ``(images, labels, classes)``: uint8 ``[N, C, H, W]``, int64 ``[N]``, class names.
     """
     root = find_data_root(dataset, data_root)
-    key = dataset if dataset != "imagefolder" else f"imagefolder_{abs(hash(str(root.resolve()))) % 10**8}"
+    key = (
+        dataset
+        if dataset != "imagefolder"
+        else f"imagefolder_{abs(hash(str(root.resolve()))) % 10**8}"
+    )
     stem = cache_dir() / f"{key}_{split}"
     try:
         tensors, meta = load_artifact(stem, kind="dataset")
@@ -199,7 +211,12 @@ def load_split_uint8(dataset: str, split: str, data_root: str | None = None) -> 
         dl_root = root or (Path.cwd() / "data")
         x, y, classes = _torchvision_split(dataset, dl_root, split)
         source = f"torchvision:{dl_root}"
-    save_artifact(stem, {"images": x, "labels": y}, kind="dataset", extra={"classes": classes, "source": source})
+    save_artifact(
+        stem,
+        {"images": x, "labels": y},
+        kind="dataset",
+        extra={"classes": classes, "source": source},
+    )
     return x, y, classes
 
 
@@ -247,7 +264,9 @@ class Normaliser:
 
     def to(self, device: torch.device | str) -> Normaliser:
         f = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Normaliser(f(self.mean), f(self.std), f(self.zca_matrix), f(self.zca_inverse), f(self.zca_mean))
+        return Normaliser(
+            f(self.mean), f(self.std), f(self.zca_matrix), f(self.zca_inverse), f(self.zca_mean)
+        )
 
     def __call__(self, x_uint8: Tensor, batch: int = 8192) -> Tensor:
         """uint8 ``[N, C, H, W]`` -> normalised float32 ``[N, C, H, W]`` on ``mean``'s device."""
@@ -258,7 +277,9 @@ class Normaliser:
             x = (x - self.mean[:, None, None]) / self.std[:, None, None]
             if self.zca_matrix is not None:
                 shape = x.shape
-                x = KE.linear_transform(x.flatten(1), self.zca_matrix, self.zca_mean, dim=0).view(shape)
+                x = KE.linear_transform(x.flatten(1), self.zca_matrix, self.zca_mean, dim=0).view(
+                    shape
+                )
             out.append(x)
         return torch.cat(out) if out else torch.empty(0, device=dev)
 
@@ -268,14 +289,18 @@ class Normaliser:
         if self.zca_inverse is not None:
             shape = x.shape
             # linear_transform computes (x - mean) @ M; the inverse adds the mean back afterwards.
-            x = (x.flatten(1) @ self.zca_inverse.to(x.device) + self.zca_mean.to(x.device)).view(shape)
+            x = (x.flatten(1) @ self.zca_inverse.to(x.device) + self.zca_mean.to(x.device)).view(
+                shape
+            )
         x = x * self.std.to(x.device)[:, None, None] + self.mean.to(x.device)[:, None, None]
         return x.clamp(0, 1)
 
     def to_tensors(self) -> dict[str, Tensor]:
         d = {"mean": self.mean, "std": self.std}
         if self.zca_matrix is not None:
-            d.update(zca_matrix=self.zca_matrix, zca_inverse=self.zca_inverse, zca_mean=self.zca_mean)
+            d.update(
+                zca_matrix=self.zca_matrix, zca_inverse=self.zca_inverse, zca_mean=self.zca_mean
+            )
         return d
 
 
@@ -300,7 +325,9 @@ def _fit_normaliser(dataset: str, x_train: Tensor, normalisation: str, eps: floa
     flat = norm(x_train).flatten(1).double()
     matrix, zmean, inverse = KE.zca_mean(flat, dim=0, unbiased=True, eps=eps, return_inverse=True)
     norm = Normaliser(mean, std, matrix.float(), inverse.float(), zmean.float())
-    save_artifact(stem, {k: v for k, v in norm.to_tensors().items()}, kind="zca", extra={"eps": eps})
+    save_artifact(
+        stem, {k: v for k, v in norm.to_tensors().items()}, kind="zca", extra={"eps": eps}
+    )
     return norm
 
 
@@ -360,7 +387,9 @@ def load_data(config: DataConfig, device: str | torch.device = "cpu") -> RealDat
     xtr, ytr, classes = load_split_uint8(config.dataset, "train", config.data_root)
     xte, yte, _ = load_split_uint8(config.dataset, "test", config.data_root)
     if xtr.shape[2] != xtr.shape[3]:
-        raise ValueError(f"invalid dataset {config.dataset!r}: images must be square, got {tuple(xtr.shape[1:])}")
+        raise ValueError(
+            f"invalid dataset {config.dataset!r}: images must be square, got {tuple(xtr.shape[1:])}"
+        )
     norm = _fit_normaliser(config.dataset, xtr, config.normalisation, config.zca_eps).to(device)
     if config.train_per_class is not None:
         idx = class_balanced_indices(ytr, config.train_per_class, seed=config.subset_seed)

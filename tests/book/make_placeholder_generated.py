@@ -35,10 +35,12 @@ FIGURES = [
 TABLES = {
     "main": (
         ["method", "CIFAR-10 IPC 1 (%)", "source"],
-        [["MTT-LSS (r=4)", "PLACEHOLDER", "measured here"],
-         ["pixel MTT", "PLACEHOLDER", "measured here"],
-         ["random real subset", "PLACEHOLDER", "measured here"],
-         ["full training set", "PLACEHOLDER", "measured here"]],
+        [
+            ["MTT-LSS (r=4)", "PLACEHOLDER", "measured here"],
+            ["pixel MTT", "PLACEHOLDER", "measured here"],
+            ["random real subset", "PLACEHOLDER", "measured here"],
+            ["full training set", "PLACEHOLDER", "measured here"],
+        ],
     ),
     "rank_ablation": (
         ["r", "images per class", "floats used", "accuracy (%)"],
@@ -58,8 +60,17 @@ TABLES = {
     ),
     "reproduce": (
         ["stage", "wall time (s)", "peak RSS (MB)"],
-        [[s, "PLACEHOLDER", "PLACEHOLDER"]
-         for s in ("buffers", "distill", "evaluate", "ablation_rank", "ablation_schedule", "summary")],
+        [
+            [s, "PLACEHOLDER", "PLACEHOLDER"]
+            for s in (
+                "buffers",
+                "distill",
+                "evaluate",
+                "ablation_rank",
+                "ablation_schedule",
+                "summary",
+            )
+        ],
     ),
     "buffers": (
         ["experts", "epochs", "final test accuracy (%)"],
@@ -123,17 +134,22 @@ def _csv(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _notebook(stem: str, png: bytes):
-    import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
     nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     params = new_code_cell("ipc = 1  # PLACEHOLDER parameters cell")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [
-        new_markdown_cell(f"# {stem} (PLACEHOLDER)\n\nA fake executed notebook, "
-                          "with a formula $x = U V$ so the page has math."),
+        new_markdown_cell(
+            f"# {stem} (PLACEHOLDER)\n\nA fake executed notebook, "
+            "with a formula $x = U V$ so the page has math."
+        ),
         params,
         new_code_cell(
             "print('PLACEHOLDER output')",
@@ -143,9 +159,12 @@ def _notebook(stem: str, png: bytes):
         new_code_cell(
             "plot()",
             execution_count=2,
-            outputs=[new_output("display_data",
-                                data={"image/png": base64.b64encode(png).decode(),
-                                      "text/plain": "<Figure>"})],
+            outputs=[
+                new_output(
+                    "display_data",
+                    data={"image/png": base64.b64encode(png).decode(), "text/plain": "<Figure>"},
+                )
+            ],
         ),
     ]
     return nb
