@@ -35,6 +35,7 @@ __all__ = [
     "check_range",
     "load_profile",
     "stage_parameters",
+    "parse_stage",
     "STAGE_CONFIGS",
     "PROFILE_DIR",
 ]
@@ -578,3 +579,22 @@ def stage_parameters(
                 channels=shape[0], side=shape[1], num_classes=shape[2], buffer_epochs=buffer_epochs
             )
     return flat
+
+
+def parse_stage(stage: str, namespace: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Build and validate a stage's dataclasses from a notebook's namespace.
+
+    Args:
+        stage: ``buffers``, ``distill`` or ``evaluate``.
+        namespace: a mapping holding (at least) the stage's parameters, e.g. a
+            notebook's ``globals()`` after its ``parameters`` cell.
+
+    Returns:
+        The configs in :data:`STAGE_CONFIGS` order, e.g. ``(DataConfig, ModelConfig,
+        DistillConfig)`` for ``distill``.
+
+    Raises:
+        ValueError: an invalid value (the message names parameter, value, allowed).
+    """
+    check_choice("stage", stage, tuple(STAGE_CONFIGS))
+    return tuple(cls.from_params(namespace) for cls in STAGE_CONFIGS[stage])

@@ -332,9 +332,8 @@ class LowRankSynSet(SynSet):
         k, s, j = self.bases.shape[:3]
         if s == 1:
             return super().export()
-        pair = (
-            torch.arange(s).view(1, 1, s).expand(k, s, s).transpose(1, 2)
-        )  # [K, S_basis, S_mapper]
+        # pair[k, basis subspace a, copy b] = mapper b: every (mapper, basis) pairing once
+        pair = torch.arange(s).view(1, 1, s).expand(k, s, s)  # [K, S_basis, S_mapper]
         x = self._compose(pair.to(self.mappers.device))  # [K, S, S, J, ...]
         idx = torch.arange(k * s * j).view(k, s, 1, j).expand(k, s, s, j).reshape(-1)
         return x.reshape(-1, self.channels, self.side, self.side), idx.to(x.device)

@@ -1,0 +1,118 @@
+# Thin wrappers around the project's commands: read a target to see what it runs.
+#
+#   make setup                  create .venv (if missing) and install lsslib[book,dev]
+#   make data                   show where lsslib finds (or would download) the data
+#   make pipeline PROFILE=cpu   run the Snakemake workflow for one profile
+#   make book PROFILE=cpu       setup + pipeline + strict book build (_build/html)
+#   make test                   everything CI checks (lint, unit tests, notebook
+#                               pairing, dry runs, smoke pipeline, book, book tests)
+#   make clean                  remove the built book and caches (keeps results/)
+#
+# Variables: PROFILE (smoke, cpu, paper, paper_cifar100, paper_svhn; default cpu),
+# DEVICE (cpu or cuda; default cpu), CORES (default 2), SNAKEFLAGS (extra
+# Snakemake options, e.g. SNAKEFLAGS="--forcerun distill" or "-n").
+# Note: `make test` writes book/_generated/ from the smoke profile; run
+# `make book PROFILE=...` afterwards to get the book of another profile back.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PROFILE ?= cpu
+DEVICE ?= cpu
+CORES ?= 2
+SNAKEFLAGS ?=
+VENV ?= .venv
+PYTHON ?= python3
+
+PY := $(VENV)/bin/python
+SNAKEMAKE := $(VENV)/bin/snakemake -s workflow/Snakefile
+PROFILES := smoke cpu paper paper_cifar100 paper_svhn
+SETUP_STAMP := $(VENV)/.lsslib-installed
+
+.PHONY: help setup data pipeline book test lint unit notebooks-paired dry-runs book-tests clean
+
+help:
+	@sed -n '1,16p' Makefile | sed 's/^# \{0,1\}//'
+
+# --- environment -----------------------------------------------------------
+setup: $(SETUP_STAMP)
+
+# torch and torchvision come unpinned from the package index (pyproject.toml).
+$(SETUP_STAMP): pyproject.toml
+	@if [[ ! -x $(PY) ]]; then echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); fi
+	$(PY) -m pip install -e '.[book,dev]'
+	@touch $@
+
+# --- data ------------------------------------------------------------------
+# Nothing to download here: lsslib looks in data_root, $$LSS_DATA_ROOT, ./data,
+# ../shared/data (see lsslib/data.py) and falls back to torchvision's download.
+data: setup
+	@$(PY) -c "from lsslib.data import find_data_root, cache_dir; \
+	[print(f'{d:9s}', find_data_root(d) or 'not found: torchvision will download into ./data') \
+	 for d in ('cifar10', 'cifar100', 'svhn')]; print('cache    ', cache_dir())"
+
+# --- experiments -----------------------------------------------------------
+# Jobs a killed run left half-done are redone (--rerun-incomplete); a failing job's
+# log is printed (--show-failed-logs). Wall time and peak memory of the whole run
+# go to results/<profile>/pipeline_time.txt
+# (kept as is when Snakemake finds nothing to do) and, for the book, next to the
+# summary's files in book/_generated/.
+pipeline: setup
+	$(PY) workflow/scripts/timed.py --out results/$(PROFILE)/pipeline_time.txt \
+	  --keep-if "Nothing to be done" -- \
+	  $(SNAKEMAKE) --configfile workflow/profiles/$(PROFILE).yaml \
+	  --config device=$(DEVICE) --cores $(CORES) --rerun-incomplete --show-failed-logs \
+	  $(SNAKEFLAGS)
+	@if [[ -f results/$(PROFILE)/pipeline_time.txt && -d book/_generated ]]; then \
+	  cp results/$(PROFILE)/pipeline_time.txt book/_generated/pipeline_time.txt; fi
+
+book: pipeline
+	bash book/build.sh
+
+# --- checks ----------------------------------------------------------------
+test: setup lint unit notebooks-paired dry-runs
+	$(MAKE) pipeline PROFILE=smoke DEVICE=cpu
+	bash book/build.sh
+	$(MAKE) book-tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+# The .py (jupytext percent) files are the source; each committed .ipynb must be
+# what jupytext makes of its .py. `--update` keeps the .ipynb's outputs and
+# metadata, so the .ipynb changes only if its cells differ from the .py. We
+# compare checksums before and after instead of `git diff`, so the check means
+# the same in a fresh clone and in a working tree with uncommitted edits.
+notebooks-paired: setup
+	@if ! compgen -G 'notebooks/*.py' >/dev/null; then \
+	  echo "notebooks-paired: no notebooks/*.py yet, skipped"; exit 0; fi; \
+	before=$$(for f in notebooks/*.py; do cksum "$${f%.py}.ipynb" 2>/dev/null || echo "missing $${f%.py}.ipynb"; done); \
+	$(VENV)/bin/jupytext --quiet --to ipynb --update notebooks/*.py; \
+	after=$$(for f in notebooks/*.py; do cksum "$${f%.py}.ipynb"; done); \
+	if [[ "$$before" != "$$after" ]]; then \
+	  diff <(echo "$$before") <(echo "$$after") || true; \
+	  echo "notebooks-paired: the .ipynb above were out of date with their .py and have been" \
+	       "rewritten by 'jupytext --to ipynb --update'; review and commit them"; exit 1; \
+	fi; echo "notebooks-paired: every notebooks/*.ipynb matches its .py"
+
+dry-runs: setup
+	@for p in $(PROFILES); do \
+	  echo "snakemake -n --configfile workflow/profiles/$$p.yaml"; \
+	  out=$$($(SNAKEMAKE) --configfile workflow/profiles/$$p.yaml -n 2>&1) || { echo "$$out"; exit 1; }; \
+	  echo "$$out" | grep -m1 -E '^(total|Nothing to be done)' || true; \
+	done
+
+book-tests: setup
+	$(VENV)/bin/pytest tests/book
+
+# --- cleaning --------------------------------------------------------------
+# Keeps results/ (hours of compute) and .snakemake/ (what Snakemake knows about
+# them); remove those by hand: rm -rf results/<profile> .snakemake
+clean:
+	rm -rf _build book/_generated .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +

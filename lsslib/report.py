@@ -1,0 +1,183 @@
+"""Small I/O helpers of the stage notebooks: devices, tables, figures, metrics.
+
+Everything here writes atomically (temporary file + rename) so that an
+interrupted stage never leaves a half-written table or figure that a later stage
+or the book would pick up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "pick_device",
+    "describe_device",
+    "save_figure",
+    "write_table",
+    "markdown_table",
+    "write_metrics",
+    "read_json",
+    "fmt_acc",
+]
+
+
+def pick_device(device: str) -> torch.device:
+    """Validate a device string (``cpu``, ``cuda``, ``cuda:N``, ``mps``) and enable TF32 on CUDA.
+
+    Raises:
+        ValueError: unknown device, or a CUDA/MPS device that is not available here.
+    """
+    dev = str(device)
+    if not (
+        dev == "cpu"
+        or dev == "mps"
+        or dev == "cuda"
+        or (dev.startswith("cuda:") and dev[5:].isdigit())
+    ):
+        raise ValueError(
+            f"invalid parameter device={device!r}: allowed 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        )
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"invalid parameter device={device!r}: no CUDA device is available here; use 'cpu'"
+            )
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if dev == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"invalid parameter device={device!r}: MPS is not available here; use 'cpu'"
+        )
+    return torch.device(dev)
+
+
+def describe_device(device: torch.device | str) -> str:
+    """A human-readable hardware line: GPU name, or CPU model and thread count."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def save_figure(fig, path: str | Path, dpi: int = 130, close: bool = False) -> Path:
+    """Save a matplotlib figure as PNG atomically (left open, so a notebook shows it)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    if close:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A pipe table (MyST/CommonMark) of ``df`` without its index."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        cells = [_cell(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+def write_table(df: pd.DataFrame, stem: str | Path) -> tuple[Path, Path]:
+    """Write ``stem.csv`` and ``stem.md`` (a pipe table) atomically."""
+    stem = Path(stem)
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    atomic_write_text(csv_path, df.to_csv(index=False))
+    atomic_write_text(md_path, markdown_table(df))
+    return csv_path, md_path
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write a metrics JSON atomically."""
+    atomic_write_json(path, metrics)
+    return Path(path)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON file (metadata or metrics); never unpickles anything.
+
+    Raises:
+        FileNotFoundError: naming the file and the stage that writes it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: run the stage that writes it first (see workflow/Snakefile)"
+        )
+    return json.loads(path.read_text())
+
+
+def fmt_acc(mean: float, std: float) -> str:
+    """``mean +- std`` of fractions, as percent with one decimal: ``46.3 ± 0.8``."""
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def collect_run(results_dir: str | Path, run: str) -> dict[str, Any]:
+    """One distillation run's facts for the tables: configuration, storage, accuracy.
+
+    Reads ``RESULTS/runs/RUN/synset.json`` and ``RESULTS/runs/RUN/eval/metrics.json``.
+
+    Returns:
+        A flat dict: ``run``, ``parameterisation``, ``rank``, ``schedule``, ``soft_labels``,
+        ``images_per_class``, ``floats`` (everything stored: images or factors, labels,
+        syn_lr), ``bytes``, ``budget_floats``, ``acc_mean``, ``acc_std`` (fractions),
+        ``syn_lr``, ``iterations``.
+
+    Raises:
+        FileNotFoundError: a stage's output is missing.
+    """
+    base = Path(results_dir) / "runs" / run
+    meta = read_json(base / "synset.json")
+    metrics = read_json(base / "eval" / "metrics.json")
+    cfg = meta["config"]["distill"]
+    st = meta["storage"]
+    res = metrics["result"]
+    return {
+        "run": run,
+        "parameterisation": meta["parameterisation"],
+        "rank": cfg["rank"] if meta["parameterisation"] != "pixels" else None,
+        "schedule": cfg["schedule"],
+        "soft_labels": cfg["soft_labels"],
+        "images_per_class": meta["layout"]["images_per_class"],
+        "floats": st["image_floats"] + st["label_floats"] + st["lr_floats"],
+        "bytes": st["total_bytes"],
+        "budget_floats": st["budget_floats"],
+        "acc_mean": res["mean"],
+        "acc_std": res["std"],
+        "syn_lr": meta["syn_lr"],
+        "iterations": meta["iterations"],
+    }
+
+
+def read_log(results_dir: str | Path, run: str) -> pd.DataFrame:
+    """The per-iteration log (``log.csv``) of a distillation run."""
+    path = Path(results_dir) / "runs" / run / "log.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the distillation stage for {run!r} first")
+    return pd.read_csv(path)

@@ -1,0 +1,128 @@
+"""Shared fixtures of the lsslib unit tests (``test_lss_*.py``).
+
+Everything here is tiny and synthetic (a few classes of 8x8 images, ConvNets of
+width 4) except :func:`lss_cifar_cache`, which points at a decoded CIFAR-10
+cache. Nothing is written outside pytest's temporary folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _make_tiny_data(
+    num_classes: int = 4,
+    per_class: int = 12,
+    test_per_class: int = 4,
+    channels: int = 3,
+    side: int = 8,
+    seed: int = 0,
+):
+    """A separable toy dataset as a :class:`lsslib.data.RealData` (no files touched).
+
+    Every class is a random prototype image plus Gaussian noise, so a ConvNet
+    learns it within a few epochs.
+    """
+    from lsslib.config import DataConfig
+    from lsslib.data import Normaliser, RealData
+
+    g = torch.Generator().manual_seed(seed)
+    proto = 1.5 * torch.randn(num_classes, channels, side, side, generator=g)
+
+    def draw(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(num_classes).repeat_interleave(m)
+        x = proto[y] + 0.5 * torch.randn(num_classes * m, channels, side, side, generator=g)
+        return x, y
+
+    xtr, ytr = draw(per_class)
+    xte, yte = draw(test_per_class)
+    return RealData(
+        x_train=xtr,
+        y_train=ytr,
+        x_test=xte,
+        y_test=yte,
+        classes=[f"c{i}" for i in range(num_classes)],
+        normaliser=Normaliser(torch.zeros(channels), torch.ones(channels)),
+        config=DataConfig(dataset="cifar10", normalisation="none"),
+    )
+
+
+@pytest.fixture(scope="session")
+def lss_make_data() -> Callable:
+    """Factory of tiny synthetic :class:`~lsslib.data.RealData` (see ``_make_tiny_data``)."""
+    return _make_tiny_data
+
+
+@pytest.fixture(scope="session")
+def lss_tiny_data():
+    """4 classes x 12 training / 4 test images of 3x8x8."""
+    return _make_tiny_data()
+
+
+#: The model and buffer of :func:`lss_tiny_buffer`.
+TINY_MODEL = {"net_depth": 2, "net_width": 4}
+TINY_BUFFER = {
+    "num_experts": 2,
+    "train_epochs": 4,
+    "batch_train": 16,
+    "lr_teacher": 0.05,
+    "experts_per_group": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def lss_tiny_buffer(tmp_path_factory, lss_tiny_data):
+    """Two tiny experts (ConvNet depth 2, width 4) trained 4 epochs on :func:`lss_tiny_data`."""
+    from lsslib.config import BufferConfig, ModelConfig
+    from lsslib.experts import train_experts
+
+    folder = tmp_path_factory.mktemp("lss_buffer")
+    return train_experts(
+        lss_tiny_data,
+        ModelConfig(**TINY_MODEL),
+        BufferConfig(**TINY_BUFFER),
+        folder,
+        log=lambda _line: None,
+    )
+
+
+@pytest.fixture(scope="session")
+def lss_cifar_cache(tmp_path_factory) -> Path:
+    """A cache folder holding (or about to hold) the decoded CIFAR-10.
+
+    Reuses an existing decoded cache (``$LSS_CACHE_DIR`` or the repository's
+    ``data/cache``) read-only; without one, lsslib decodes the archive into a
+    temporary folder (slow, once per session). Skips when no CIFAR-10 source exists.
+    """
+    from lsslib.data import find_data_root
+
+    for cand in (os.environ.get("LSS_CACHE_DIR"), REPO / "data" / "cache"):
+        if cand and (Path(cand) / "cifar10_train.json").is_file():
+            return Path(cand)
+    if find_data_root("cifar10") is None:
+        pytest.skip("no CIFAR-10 archive or cache available")
+    return tmp_path_factory.mktemp("lss_cifar_cache")
+
+
+@pytest.fixture
+def lss_float64():
+    """Context manager factory: run a block with float64 as the default dtype."""
+
+    @contextlib.contextmanager
+    def ctx():
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(old)
+
+    return ctx

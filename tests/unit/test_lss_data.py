@@ -1,0 +1,109 @@
+"""Data: class-balanced subsets, the normaliser and its ZCA round trip, the cache folder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lsslib import data as lssdata
+from lsslib.config import DataConfig
+from lsslib.data import Normaliser, class_balanced_indices
+
+
+def test_class_balanced_indices_exactly_n_per_class():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (300,), generator=g)
+    labels[:5] = torch.arange(5)  # every class present
+    counts = torch.bincount(labels, minlength=5)
+    n = int(counts.min())
+    idx = class_balanced_indices(labels, n, seed=1)
+    assert idx.dtype == torch.int64 and idx.shape == (5 * n,)
+    assert len(set(idx.tolist())) == 5 * n  # without replacement
+    assert torch.equal(torch.bincount(labels[idx], minlength=5), torch.full((5,), n))
+    # grouped by class in label order
+    assert torch.equal(labels[idx], torch.arange(5).repeat_interleave(n))
+    assert torch.equal(idx, class_balanced_indices(labels, n, seed=1))
+    assert not torch.equal(idx, class_balanced_indices(labels, n, seed=2))
+    with pytest.raises(ValueError, match=rf"per_class={n + 1}.*only {n}"):
+        class_balanced_indices(labels, n + 1)
+
+
+def test_cache_dir_follows_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path / "c"))
+    assert lssdata.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("LSS_CACHE_DIR")
+    monkeypatch.chdir(tmp_path)
+    assert lssdata.cache_dir() == tmp_path / "data" / "cache"
+
+
+def test_fit_zca_round_trip_and_cache(tmp_path, monkeypatch):
+    """kornia ZCA fitted through lsslib: invert(normalise(x)) == x / 255; cached on disk."""
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    # correlated pixels so that the whitening does something
+    base = torch.rand(300, 3, 1, 1, generator=g) * 200
+    x = (base + torch.rand(300, 3, 4, 4, generator=g) * 55).to(torch.uint8)
+    norm = lssdata._fit_normaliser("tinyset", x, "zca", 0.1)
+    assert norm.zca_matrix is not None and norm.zca_matrix.shape == (48, 48)
+    # mean/std computed from the data for a dataset without published statistics
+    xf = x.float() / 255
+    torch.testing.assert_close(norm.mean, xf.mean(dim=(0, 2, 3)))
+    eye = norm.zca_matrix.double() @ norm.zca_inverse.double()
+    torch.testing.assert_close(eye, torch.eye(48, dtype=torch.float64), rtol=0, atol=1e-3)
+    z = norm(x)
+    assert z.dtype == torch.float32 and z.shape == x.shape
+    # whitening decorrelates: off-diagonal covariance shrinks a lot
+    flat = ((xf - norm.mean[:, None, None]) / norm.std[:, None, None]).flatten(1)
+    cov_in, cov_out = torch.cov(flat.T), torch.cov(z.flatten(1).T)
+    off = ~torch.eye(48, dtype=torch.bool)
+    assert cov_out[off].abs().mean() < 0.2 * cov_in[off].abs().mean()
+    torch.testing.assert_close(norm.invert(z), xf, rtol=0, atol=1e-4)
+    # written to the monkeypatched cache and read back identically
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["tinyset_zca_eps0.1_n300.json", "tinyset_zca_eps0.1_n300.safetensors"]
+    again = lssdata._fit_normaliser("tinyset", x, "zca", 0.1)
+    assert torch.equal(again.zca_matrix, norm.zca_matrix)
+    assert torch.equal(again.zca_inverse, norm.zca_inverse)
+
+
+@pytest.mark.parametrize("normalisation", ["meanstd", "none"])
+def test_normaliser_without_zca_round_trip(normalisation, tmp_path, monkeypatch):
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path))
+    x = torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8)
+    norm = lssdata._fit_normaliser("cifar10", x, normalisation, 0.1)
+    assert norm.zca_matrix is None
+    z = norm(x)
+    torch.testing.assert_close(norm.invert(z), x.float() / 255, rtol=0, atol=1e-6)
+    if normalisation == "meanstd":  # CIFAR-10's published statistics
+        torch.testing.assert_close(norm.mean, torch.tensor([0.4914, 0.4822, 0.4465]))
+    assert list(tmp_path.iterdir()) == []  # nothing cached without ZCA
+
+
+def test_normaliser_batches_like_one_call():
+    norm = Normaliser(torch.tensor([0.5, 0.4]), torch.tensor([0.2, 0.3]))
+    x = torch.randint(0, 256, (10, 2, 3, 3), dtype=torch.uint8)
+    torch.testing.assert_close(norm(x, batch=3), norm(x, batch=100), rtol=0, atol=0)
+    assert norm(x[:0]).numel() == 0
+
+
+@pytest.mark.slow
+def test_real_cifar10_zca_round_trip(lss_cifar_cache, monkeypatch, tmp_path):
+    """load_data on a small real CIFAR-10 subset: the ZCA normaliser inverts to x / 255."""
+    monkeypatch.setenv("LSS_CACHE_DIR", str(lss_cifar_cache))
+    monkeypatch.chdir(tmp_path)  # independent of the working directory
+    cfg = DataConfig(dataset="cifar10", train_per_class=3, test_per_class=2, subset_seed=4)
+    d = lssdata.load_data(cfg)
+    assert d.x_train.shape == (30, 3, 32, 32) and d.x_test.shape == (20, 3, 32, 32)
+    assert d.num_classes == 10 and len(d.classes) == 10
+    assert torch.equal(torch.bincount(d.y_train), torch.full((10,), 3))
+    xu, yu, _ = lssdata.load_split_uint8("cifar10", "train")
+    assert xu.dtype == torch.uint8 and xu.shape == (50000, 3, 32, 32)
+    idx = class_balanced_indices(yu, 3, seed=4)
+    assert torch.equal(d.y_train, yu[idx])
+    back = d.normaliser.invert(d.x_train)
+    err = (back - xu[idx].float() / 255).abs()
+    assert err.max() < 2e-3  # float32 3072x3072 whitening and its inverse
+    assert err.mean() < 1e-4
+    # ZCA was fitted on the whole training set, not the subset
+    assert d.normaliser.zca_matrix.shape == (3072, 3072)
+    assert (lss_cifar_cache / "cifar10_zca_eps0.1_n50000.json").is_file()

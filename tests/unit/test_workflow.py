@@ -1,0 +1,222 @@
+"""The Snakemake workflow: every profile plans, SLURM plans, edits rerun only what they touch.
+
+The tests run Snakemake in a temporary working directory (``--directory``) with
+stub notebooks (``--config notebook_dir=...``) that only write the files their
+rule promises, so they check the workflow's wiring, not the science, and never
+touch the repository's ``results/`` or ``book/_generated/``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+PROFILES = REPO / "workflow" / "profiles"
+PROFILE_NAMES = ["smoke", "cpu", "paper", "paper_cifar100", "paper_svhn"]
+
+# What each stub notebook writes, from the path parameters its rule passes.
+STUB_OUTPUTS = {
+    "01_buffers": "Path(buffer_dir, 'buffer.json')",
+    "02_distill": "Path(out_dir, 'synset.json')",
+    "03_evaluate": "Path(out_dir, 'metrics.json')",
+    "04_ablation_rank": "Path(out_dir, 'table.csv')",
+    "05_ablation_schedule": "Path(out_dir, 'table.csv')",
+    "06_summary": "Path(book_dir, 'run_info.md')",
+}
+
+
+def write_stub_notebooks(folder: Path) -> Path:
+    """Six papermill-ready notebooks that create their rule's output and nothing else."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, target in STUB_OUTPUTS.items():
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
+        params = nbformat.v4.new_code_cell(
+            "buffer_dir = out_dir = book_dir = results_dir = synset_dir = None\n"
+            "device = 'cpu'\nbaseline = 'synset'\nreal_ipc = 1\nprofile = ''\nruns = []"
+        )
+        params.metadata["tags"] = ["parameters"]
+        body = nbformat.v4.new_code_cell(
+            "from pathlib import Path\n"
+            f"target = {target}\n"
+            "target.parent.mkdir(parents=True, exist_ok=True)\n"
+            "target.write_text('stub\\n')"
+        )
+        nb.cells = [params, body]
+        nbformat.write(nb, folder / f"{stem}.ipynb")
+    return folder
+
+
+def snakemake(
+    workdir: Path,
+    configfile: Path | None,
+    *args: str,
+    config: dict | None = None,
+    timeout: int = 120,
+):
+    """Run Snakemake on the repository's Snakefile inside ``workdir``."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir)]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    if config:
+        cmd += ["--config", *(f"{k}={v}" for k, v in config.items())]
+    cmd += list(args)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_jobs(stdout: str) -> set[str]:
+    """``rule`` or ``rule[wildcards]`` for every job of a dry run's listing."""
+    jobs: set[str] = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", "\n" + stdout):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        wc = re.search(r"^\s+wildcards: (.+)$", block, flags=re.M)
+        jobs.add(f"{head.group(1)}[{wc.group(1).strip()}]" if wc else head.group(1))
+    return jobs
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """The ``Job stats`` table of a dry run as {rule: count}."""
+    table = stdout.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory) -> Path:
+    return write_stub_notebooks(tmp_path_factory.mktemp("notebooks"))
+
+
+@pytest.mark.parametrize("name", PROFILE_NAMES)
+def test_dry_run_plans_every_stage(name, stubs, tmp_path):
+    profile = yaml.safe_load((PROFILES / f"{name}.yaml").read_text())
+    proc = snakemake(tmp_path, PROFILES / f"{name}.yaml", "-n", config={"notebook_dir": stubs})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = job_counts(proc.stdout)
+    n_runs, n_base = len(profile["runs"]), len(profile.get("baselines") or {})
+    expected = {"buffers": 1, "distill": n_runs, "evaluate": n_runs, "summary": 1, "all": 1}
+    if n_base:
+        expected["baseline"] = n_base
+    for kind in profile.get("ablations") or {}:
+        expected[f"ablation_{kind}"] = 1
+    assert counts == expected
+    # Results land under results/<profile name>/, the book's inputs under book/_generated.
+    assert f"results/{profile['name']}/runs/" in proc.stdout
+    assert "book/_generated/run_info.md" in proc.stdout
+
+
+def test_profile_by_name_matches_configfile(stubs, tmp_path):
+    by_file = snakemake(tmp_path, PROFILES / "smoke.yaml", "-n", config={"notebook_dir": stubs})
+    by_name = snakemake(tmp_path, None, "-n", config={"profile": "smoke", "notebook_dir": stubs})
+    assert by_name.returncode == 0, by_name.stderr
+    assert planned_jobs(by_name.stdout) == planned_jobs(by_file.stdout)
+
+
+def test_cuda_device_requests_gpus_for_gpu_rules(stubs, tmp_path):
+    cuda = {"notebook_dir": stubs, "device": "cuda"}
+    proc = snakemake(tmp_path, PROFILES / "smoke.yaml", "-n", config=cuda)
+    assert proc.returncode == 0, proc.stderr
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        gpu = "gpu=1" in block
+        assert gpu == (head.group(1) in {"buffers", "distill", "evaluate", "baseline"}), block
+    shown = snakemake(tmp_path, PROFILES / "smoke.yaml", "-n", "-p", config=cuda).stdout
+    assert "-p device cuda" in shown
+
+
+def test_bad_profile_value_fails_before_any_job(stubs, tmp_path):
+    profile = yaml.safe_load((PROFILES / "smoke.yaml").read_text())
+    profile["runs"]["lss"]["rank"] = 40  # rank must stay below the image side (32)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    proc = snakemake(tmp_path, path, "-n", config={"notebook_dir": stubs})
+    assert proc.returncode != 0
+    assert "rank=40" in proc.stdout + proc.stderr
+
+
+def test_slurm_profile_dry_run(stubs, tmp_path):
+    """The SLURM executor plans without sbatch in a dry run, with GPUs and partitions."""
+    profile = yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert "slurm_partition" in profile["default-resources"]
+    proc = snakemake(
+        tmp_path,
+        PROFILES / "paper.yaml",
+        "-n",
+        "--profile",
+        str(PROFILES / "slurm"),
+        config={"notebook_dir": stubs, "device": "cuda"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    distill = next(
+        b for b in re.split(r"\n(?=rule )", proc.stdout) if b.startswith("rule distill:")
+    )
+    assert "gpu=1" in distill and "slurm_partition=" in distill and "runtime=2880" in distill
+
+
+def test_editing_one_run_reruns_only_that_run(tmp_path):
+    """Run the smoke plan with stubs, change one distill parameter of one run, and check
+    that the dry run plans that run's distill/evaluate and the tables listing it only."""
+    stubs = write_stub_notebooks(tmp_path / "nb")
+    original = yaml.safe_load((PROFILES / "smoke.yaml").read_text())
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump(original, sort_keys=False))
+    config = {"notebook_dir": stubs, "book_dir": "book_out"}
+
+    done = snakemake(tmp_path, profile, "--cores", "2", config=config, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "book_out" / "run_info.md").is_file()
+    assert (tmp_path / "book_out" / "notebooks" / "02_distill.ipynb").is_file()
+    for rule in ("buffers", "distill_lss", "evaluate_mtt", "baseline_full", "summary"):
+        assert (tmp_path / "results" / "smoke" / "benchmarks" / f"{rule}.tsv").is_file()
+
+    unchanged = snakemake(tmp_path, profile, "-n", config=config)
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert "Nothing to be done" in unchanged.stdout + unchanged.stderr
+
+    edited = yaml.safe_load(profile.read_text())
+    edited["runs"]["lss_r2"]["lr_img"] = 50  # lss_r2 is in the rank ablation only
+    profile.write_text(yaml.safe_dump(edited, sort_keys=False))
+    plan = snakemake(tmp_path, profile, "-n", config=config)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert planned_jobs(plan.stdout) == {
+        "distill[run=lss_r2]",
+        "evaluate[run=lss_r2]",
+        "ablation_rank",
+        "summary",
+        "all",
+    }
+    # An evaluation-only change reruns the evaluation but not the distillation.
+    edited["runs"]["lss_r2"]["lr_img"] = original["runs"]["lss_r2"].get(
+        "lr_img", original["distill"]["lr_img"]
+    )
+    edited["runs"]["lss_stair"]["num_eval"] = 3
+    profile.write_text(yaml.safe_dump(edited, sort_keys=False))
+    plan = snakemake(tmp_path, profile, "-n", config=config)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert planned_jobs(plan.stdout) == {
+        "evaluate[run=lss_stair]",
+        "ablation_schedule",
+        "summary",
+        "all",
+    }

@@ -1,0 +1,96 @@
+"""Run a command and record its wall time and peak memory (for the reproduce page).
+
+Usage:
+    python workflow/scripts/timed.py --out results/cpu/pipeline_time.txt \
+        [--keep-if "Nothing to be done"] -- snakemake ...
+
+The record is a small YAML file: the command, start and end (UTC), wall seconds,
+the peak resident memory of the largest single process the command started
+(``getrusage(RUSAGE_CHILDREN)``: children and the grandchildren they waited
+for), the exit status and the machine. Standard library only, so it works
+wherever Python does (GNU ``/usr/bin/time -v`` is missing on macOS and slim
+containers).
+
+With ``--keep-if PATTERN`` the command's standard error is scanned while it is
+passed through; when PATTERN appears (Snakemake's "Nothing to be done"), an
+existing record is kept, so a no-op rerun does not overwrite the timing of the
+run that did the work.
+
+The exit status is the command's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def peak_rss_mb() -> float:
+    """Largest resident set size among waited-for descendants, in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="where to write the record")
+    parser.add_argument("--keep-if", default=None, help="keep an old record if stderr has this")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given (put it after --)")
+
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.monotonic()
+    seen = False
+    if args.keep_if:
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            seen = seen or args.keep_if in line
+        status = proc.wait()
+    else:
+        status = subprocess.call(command)
+    wall = time.monotonic() - t0
+    finished = dt.datetime.now(dt.timezone.utc)
+
+    if seen and args.out.is_file():
+        print(f"timed.py: nothing ran; kept {args.out}", file=sys.stderr)
+        return status
+    record = {
+        "command": shlex.join(command),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "finished_utc": finished.isoformat(timespec="seconds"),
+        "wall_seconds": round(wall, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_note": "largest single process, not the sum over processes",
+        "exit_status": status,
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.system()})",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    # JSON scalars are valid YAML: strings stay quoted, numbers stay numbers.
+    tmp.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in record.items()))
+    os.replace(tmp, args.out)
+    print(
+        f"timed.py: {wall:.1f} s wall, peak {record['peak_rss_mb']} MiB -> {args.out}",
+        file=sys.stderr,
+    )
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
