@@ -594,7 +594,14 @@ def parse_stage(stage: str, namespace: Mapping[str, Any]) -> tuple[Any, ...]:
         DistillConfig)`` for ``distill``.
 
     Raises:
-        ValueError: an invalid value (the message names parameter, value, allowed).
+        ValueError: an invalid value (the message names parameter, value, allowed),
+            including the distill cross-field rules that need only the dataset's
+            shape (rank vs image side, budget, batch_syn), checked before any data
+            is loaded.
     """
     check_choice("stage", stage, tuple(STAGE_CONFIGS))
-    return tuple(cls.from_params(namespace) for cls in STAGE_CONFIGS[stage])
+    configs = tuple(cls.from_params(namespace) for cls in STAGE_CONFIGS[stage])
+    if stage == "distill" and configs[0].shape() is not None:
+        c, side, k = configs[0].shape()
+        configs[2].check_against(channels=c, side=side, num_classes=k)
+    return configs

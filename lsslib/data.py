@@ -366,6 +366,15 @@ class RealData:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def test_subset(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """A fixed random subset of at most ``n`` test images (for cheap progress curves;
+        the test split is stored class by class, so a prefix would hold few classes)."""
+        if n >= len(self.y_test):
+            return self.x_test, self.y_test
+        idx = torch.randperm(len(self.y_test), generator=torch.Generator().manual_seed(seed))[:n]
+        idx = idx.to(self.y_test.device)
+        return self.x_test[idx], self.y_test[idx]
+
     def images_of(self, c: int) -> Tensor:
         """Training images of class ``c``: float32 ``[n_c, C, H, W]``."""
         return self.x_train[self.y_train == c]

@@ -96,7 +96,7 @@ def evaluate_images(
         {max(1, round(cfg.eval_epochs * (i + 1) / curve_points)) for i in range(curve_points)}
     )
     curve_e, curve_m = [], []
-    xt, yt = data.x_test[:curve_test], data.y_test[:curve_test]
+    xt, yt = data.test_subset(curve_test)
 
     def on_epoch(st: TrainState, _acc: Tensor) -> None:
         if st.epoch in marks and st.epoch != cfg.eval_epochs:

@@ -35,6 +35,10 @@ from .training import TrainState, accuracy, train_nets
 __all__ = ["train_experts", "ExpertBuffer", "buffer_bytes", "BufferMismatch"]
 
 
+#: Test images used for the per-epoch accuracy curves of the experts (a fixed random subset).
+CURVE_TEST_IMAGES = 2000
+
+
 class BufferMismatch(ValueError):
     """The buffer was built for another model, dataset or normalisation."""
 
@@ -112,6 +116,7 @@ def train_experts(
     )
     check_free_space(folder, need, what="expert buffer")
     dev = data.x_train.device
+    x_curve, y_curve = data.test_subset(CURVE_TEST_IMAGES)
     total_epochs = cfg.num_experts * cfg.train_epochs
     strategy = cfg.dsa_strategy if cfg.dsa else None
     accs: dict[int, dict[str, list[float]]] = {}
@@ -128,7 +133,7 @@ def train_experts(
             gens = [torch.Generator().manual_seed(cfg.expert_seed + i) for i in ids]
             flats = torch.stack([init_flat(spec, g) for g in gens]).to(dev)
             state = TrainState(flats, torch.zeros_like(flats), gens, 0)
-            test0 = accuracy(spec, state.flats, data.x_test, data.y_test)
+            test0 = accuracy(spec, state.flats, x_curve, y_curve)
             snaps = [state.flats.detach().cpu().clone()]
             acc = {"train": [[float("nan")] * len(ids)], "test": [test0.tolist()]}
 
@@ -137,7 +142,7 @@ def train_experts(
         ) -> None:
             snaps.append(st.flats.detach().cpu().clone())
             acc["train"].append(train_acc.tolist())
-            acc["test"].append(accuracy(spec, st.flats, data.x_test, data.y_test).tolist())
+            acc["test"].append(accuracy(spec, st.flats, x_curve, y_curve).tolist())
             save_artifact(
                 gdir / f"epoch_{st.epoch:03d}",
                 {

@@ -42,11 +42,13 @@ if IN_COLAB:
     )
 
 # %% tags=["parameters"]
+from typing import Optional
+
 # Defaults: the `cpu` profile (workflow/profiles/cpu.yaml).
 dataset: str = "cifar10"
-data_root: str | None = None
-train_per_class: int | None = 500
-test_per_class: int | None = None
+data_root: Optional[str] = None
+train_per_class: Optional[int] = 500
+test_per_class: Optional[int] = None
 normalisation: str = "zca"
 zca_eps: float = 0.1
 subset_seed: int = 0

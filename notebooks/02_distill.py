@@ -42,11 +42,13 @@ if IN_COLAB:
     )
 
 # %% tags=["parameters"]
+from typing import Optional
+
 # Defaults: the `cpu` profile, run `lss` (workflow/profiles/cpu.yaml).
 dataset: str = "cifar10"
-data_root: str | None = None
-train_per_class: int | None = 500
-test_per_class: int | None = None
+data_root: Optional[str] = None
+train_per_class: Optional[int] = 500
+test_per_class: Optional[int] = None
 normalisation: str = "zca"
 zca_eps: float = 0.1
 subset_seed: int = 0
@@ -67,15 +69,15 @@ expert_epochs: int = 2
 max_start_epoch: int = 4
 min_start_epoch: int = 0
 schedule: str = "linear"
-schedule_start: int | None = None
-schedule_iterations: int | None = None
+schedule_start: Optional[int] = None
+schedule_iterations: Optional[int] = None
 stair_every: int = 100
 lr_img: float = 100.0
-lr_factors: float | None = None
+lr_factors: Optional[float] = None
 lr_lr: float = 1e-05
 syn_lr_init: float = 0.01
 min_syn_lr: float = 0.001
-batch_syn: int | None = None
+batch_syn: Optional[int] = None
 momentum_syn: float = 0.5
 init: str = "real"
 dsa: bool = True

@@ -43,11 +43,13 @@ if IN_COLAB:
     )
 
 # %% tags=["parameters"]
+from typing import Optional
+
 # Defaults: the `cpu` profile, run `lss` (workflow/profiles/cpu.yaml).
 dataset: str = "cifar10"
-data_root: str | None = None
-train_per_class: int | None = 500
-test_per_class: int | None = None
+data_root: Optional[str] = None
+train_per_class: Optional[int] = 500
+test_per_class: Optional[int] = None
 normalisation: str = "zca"
 zca_eps: float = 0.1
 subset_seed: int = 0
@@ -57,7 +59,7 @@ net_norm: str = "instancenorm"
 net_pooling: str = "avgpool"
 num_eval: int = 5
 eval_epochs: int = 300
-lr_eval: float | None = None
+lr_eval: Optional[float] = None
 mom_eval: float = 0.9
 l2_eval: float = 0.0005
 batch_eval: int = 256

@@ -3,12 +3,20 @@
 Everything here is tiny and synthetic (a few classes of 8x8 images, ConvNets of
 width 4) except :func:`lss_cifar_cache`, which points at a decoded CIFAR-10
 cache. Nothing is written outside pytest's temporary folders.
+
+Two process-wide settings:
+
+* the ``lsslib`` under test is the one of this checkout (the repository root goes
+  first on ``sys.path``), whatever an editable install of the shared venv points at;
+* torch runs on one thread: the tensors are tiny, and on a busy 2-core machine
+  several threads per op are many times slower than one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +24,25 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path[:1]:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lss_one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def lss_repo() -> Path:
+    """The repository root (whose ``lsslib`` the tests import)."""
+    import lsslib
+
+    assert Path(lsslib.__file__).resolve().parent == REPO / "lsslib", lsslib.__file__
+    return REPO
 
 
 def _make_tiny_data(

@@ -51,9 +51,7 @@ def tiny_problem(seed: int = 0, strategy: str | None = "color_scale_rotate", ste
 
 
 def loss_value(spec, syn, labels, start, target, syn_lr, plan, mode="unrolled"):
-    return matching_loss(
-        spec, start, target, syn.images(), labels.targets(), syn_lr, plan, mode
-    )
+    return matching_loss(spec, start, target, syn.images(), labels.targets(), syn_lr, plan, mode)
 
 
 def test_gradients_reach_mappers_bases_labels_and_lr_finite_differences(lss_float64):

@@ -300,7 +300,9 @@ def test_synset_from_tensors_round_trip(kind):
         strict_budget=False,
     )
     x_real = torch.randn(12, c, h, h, generator=torch.Generator().manual_seed(0))
-    syn = build_synset(kind, lay, rank=2, x_real=x_real, y_real=torch.arange(3).repeat(4), num_classes=k)
+    syn = build_synset(
+        kind, lay, rank=2, x_real=x_real, y_real=torch.arange(3).repeat(4), num_classes=k
+    )
     back = synset_from_tensors(syn.kind, lay, syn.tensors(), k)
     assert back.kind == syn.kind
     assert torch.equal(back.images(), syn.images())
@@ -333,6 +335,8 @@ def test_real_init_prefers_images_the_expert_classifies_correctly():
         soft_labels=False,
         strict_budget=False,
     )
-    syn = build_synset("pixels", lay, rank=1, x_real=x, y_real=y, num_classes=2, expert=expert, spec=spec)
+    syn = build_synset(
+        "pixels", lay, rank=1, x_real=x, y_real=y, num_classes=2, expert=expert, spec=spec
+    )
     imgs = syn.images().detach()
     assert torch.equal(convnet_forward(spec, expert, imgs).argmax(1), syn.class_index())
