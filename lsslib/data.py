@@ -20,6 +20,7 @@ torchvision's own files; with none of these, torchvision downloads.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tarfile
 from dataclasses import dataclass, field
@@ -191,7 +192,8 @@ def load_split_uint8(
     key = (
         dataset
         if dataset != "imagefolder"
-        else f"imagefolder_{abs(hash(str(root.resolve()))) % 10**8}"
+        # a stable digest of the folder: hash() of a str is salted per process
+        else f"imagefolder_{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]}"
     )
     stem = cache_dir() / f"{key}_{split}"
     try:
@@ -316,7 +318,10 @@ def _fit_normaliser(dataset: str, x_train: Tensor, normalisation: str, eps: floa
     norm = Normaliser(mean, std)
     if normalisation != "zca":
         return norm
-    stem = cache_dir() / f"{dataset}_zca_eps{eps:g}_n{len(x_train)}"
+    key = dataset
+    if dataset not in _MEANS:  # imagefolder: the name does not identify the images
+        key += "_" + hashlib.sha256(x_train.contiguous().cpu().numpy().tobytes()).hexdigest()[:12]
+    stem = cache_dir() / f"{key}_zca_eps{eps:g}_n{len(x_train)}"
     try:
         t, _ = load_artifact(stem, kind="zca")
         return Normaliser(mean, std, t["zca_matrix"], t["zca_inverse"], t["zca_mean"])

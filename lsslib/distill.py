@@ -141,11 +141,13 @@ def matching_loss(
         y: int64 ``[N]`` or float32 ``[N, K]`` targets (may carry a graph to label logits).
         syn_lr: float32 scalar tensor (a leaf that requires grad).
         plan: from :func:`make_plan`.
-        mode: ``unrolled`` or ``checkpointed`` (same value and gradients).
+        mode: ``unrolled`` or ``checkpointed`` (same value and gradients), or
+            ``tesla`` (same value, approximate constant-memory gradient:
+            :func:`lsslib.tesla.tesla_matching_loss`).
 
     Returns:
-        The loss (detached for ``checkpointed``, whose gradients are already
-        accumulated into the leaves; call ``.backward()`` on it for ``unrolled``).
+        The loss (detached for ``checkpointed`` and ``tesla``, whose gradients are
+        already accumulated into the leaves; call ``.backward()`` on it for ``unrolled``).
     """
     denom = (start - target).pow(2).sum()
     if mode == "unrolled":
@@ -154,9 +156,13 @@ def matching_loss(
             (g,) = torch.autograd.grad(_step_loss(spec, w, x, y, idx, aug), w, create_graph=True)
             w = w - syn_lr * g
         return (w - target).pow(2).sum() / denom
+    if mode == "tesla":
+        from .tesla import tesla_matching_loss
+
+        return tesla_matching_loss(spec, start, target, x, y, syn_lr, plan)
     if mode != "checkpointed":
         raise ValueError(
-            f"invalid parameter grad_mode={mode!r}: allowed 'unrolled', 'checkpointed'"
+            f"invalid parameter grad_mode={mode!r}: allowed 'unrolled', 'checkpointed', 'tesla'"
         )
     xl = x.detach().requires_grad_(x.requires_grad)
     soft = y.dtype != torch.int64
@@ -372,6 +378,11 @@ class Distiller:
         w.writerows(self.log)
         atomic_write_text(self.out_dir / "log.csv", buf.getvalue())
 
+    def _named_trainables(self):
+        yield from (("synset." + n, p) for n, p in self.synset.named_parameters())
+        if self.labels.soft:
+            yield "labels.logits", self.labels.logits
+
     # ------------------------------------------------------------------- step
     def step(self) -> dict[str, Any]:
         """One distillation iteration; returns its log row.
@@ -409,11 +420,17 @@ class Distiller:
         for opt in self.opts.values():
             opt.step()
         with torch.no_grad():
-            lr_now = float(self.syn_lr)
+            lr_now = self.syn_lr.item()
             if not math.isfinite(lr_now) or lr_now <= 0:
                 raise NumericalFault(
                     f"iteration {self.iteration}: syn_lr became {lr_now} (must stay positive); the last good "
                     f"checkpoint is {self.out_dir / 'checkpoint.json'}. Lower lr_lr."
+                )
+            bad = [n for n, p in self._named_trainables() if not torch.isfinite(p).all()]
+            if bad:
+                raise NumericalFault(
+                    f"iteration {self.iteration}: the update made {', '.join(bad)} non-finite; the last good "
+                    f"checkpoint is {self.out_dir / 'checkpoint.json'}. Lower lr_img/lr_factors or lr_y."
                 )
             if lr_now < cfg.min_syn_lr:
                 self.syn_lr.fill_(cfg.min_syn_lr)
@@ -421,7 +438,7 @@ class Distiller:
         row = {
             "iteration": self.iteration,
             "loss": loss.item(),
-            "syn_lr": float(self.syn_lr),
+            "syn_lr": self.syn_lr.item(),
             "start_epoch": start_epoch,
             "upper": upper,
             "expert": expert,
@@ -437,6 +454,8 @@ class Distiller:
         Returns:
             Path of ``synset.json``.
         """
+        if not (self.out_dir / "checkpoint.json").is_file():
+            self.checkpoint()  # a fault in the first iterations still leaves a good state
         while self.iteration < self.cfg.iterations:
             row = self.step()
             if callback is not None:
@@ -463,7 +482,7 @@ class Distiller:
                 "parameterisation": self.synset.kind,
                 "layout": self.layout.__dict__,
                 "storage": st.to_dict(),
-                "syn_lr": float(self.syn_lr),
+                "syn_lr": self.syn_lr.item(),
                 "iterations": self.iteration,
                 "syn_lr_clamped": self.clamped,
                 "num_classes": self.spec.num_classes,

@@ -60,7 +60,8 @@ def test_fit_zca_round_trip_and_cache(tmp_path, monkeypatch):
     torch.testing.assert_close(norm.invert(z), xf, rtol=0, atol=1e-4)
     # written to the monkeypatched cache and read back identically
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["tinyset_zca_eps0.1_n300.json", "tinyset_zca_eps0.1_n300.safetensors"]
+    assert len(files) == 2
+    assert all(f.startswith("tinyset_") and "_zca_eps0.1_n300." in f for f in files)
     again = lssdata._fit_normaliser("tinyset", x, "zca", 0.1)
     assert torch.equal(again.zca_matrix, norm.zca_matrix)
     assert torch.equal(again.zca_inverse, norm.zca_inverse)
@@ -107,3 +108,83 @@ def test_real_cifar10_zca_round_trip(lss_cifar_cache, monkeypatch, tmp_path):
     # ZCA was fitted on the whole training set, not the subset
     assert d.normaliser.zca_matrix.shape == (3072, 3072)
     assert (lss_cifar_cache / "cifar10_zca_eps0.1_n50000.json").is_file()
+
+
+def _write_imagefolder(root, seed: int, per_class: int = 3, side: int = 4):
+    """train/ and test/ folders of two classes of random PNG images; returns the pixels."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    pixels = {}
+    for split in ("train", "test"):
+        for cls in ("cat", "ant"):  # folder order differs from creation order
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                img = torch.randint(0, 256, (side, side, 3), generator=g, dtype=torch.uint8)
+                Image.fromarray(img.numpy()).save(folder / f"{i}.png")
+                pixels[(split, cls, i)] = img.permute(2, 0, 1)
+    return pixels
+
+
+def test_imagefolder_decode_and_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path / "cache"))
+    pixels = _write_imagefolder(tmp_path / "imgs", seed=0)
+    x, y, classes = lssdata.load_split_uint8("imagefolder", "train", str(tmp_path / "imgs"))
+    assert classes == ["ant", "cat"]  # sorted folder names
+    assert x.dtype == torch.uint8 and x.shape == (6, 3, 4, 4)
+    assert torch.equal(y, torch.tensor([0, 0, 0, 1, 1, 1]))
+    for j, cls in enumerate(classes):
+        for i in range(3):
+            assert torch.equal(x[3 * j + i], pixels[("train", cls, i)])
+
+    # the second call reads the cache and decodes nothing
+    def no_decode(*_a, **_k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(lssdata, "_decode_imagefolder", no_decode)
+    x2, y2, c2 = lssdata.load_split_uint8("imagefolder", "train", str(tmp_path / "imgs"))
+    assert torch.equal(x2, x) and torch.equal(y2, y) and c2 == classes
+
+
+def test_imagefolder_cache_key_is_stable_across_processes(tmp_path, monkeypatch):
+    """The cache file of a folder is found again by a later process (no salted hash())."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _write_imagefolder(tmp_path / "imgs", seed=1, per_class=1)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LSS_CACHE_DIR", str(cache))
+    lssdata.load_split_uint8("imagefolder", "train", str(tmp_path / "imgs"))
+    # another process with another string-hash salt than this one
+    seed = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"
+    code = (
+        "import sys; from lsslib.data import load_split_uint8; "
+        "load_split_uint8('imagefolder', 'train', sys.argv[1])"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    env["PYTHONPATH"] = (
+        str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "imgs")], env=env, check=True, timeout=120
+    )
+    assert len(list(cache.glob("imagefolder_*_train.json"))) == 1
+
+
+def test_zca_cache_not_shared_between_imagefolders_of_equal_size(tmp_path, monkeypatch):
+    """Two different image folders with as many images must not share a cached ZCA."""
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path / "cache"))
+    norms = []
+    for name, seed in (("one", 2), ("two", 3)):
+        _write_imagefolder(tmp_path / name, seed=seed, per_class=8, side=2)
+        cfg = DataConfig(dataset="imagefolder", data_root=str(tmp_path / name))
+        d = lssdata.load_data(cfg)
+        xu, _, _ = lssdata.load_split_uint8("imagefolder", "train", str(tmp_path / name))
+        torch.testing.assert_close(
+            d.normaliser.invert(d.x_train), xu.float() / 255, atol=1e-4, rtol=0
+        )
+        norms.append(d.normaliser)
+    assert not torch.equal(norms[0].zca_matrix, norms[1].zca_matrix)

@@ -171,9 +171,28 @@ def test_soft_labels_follow_datm_rule(lss_tiny_buffer, lss_tiny_data, tmp_path):
         ok = [o for o in outs if int(o.argmax()) == int(cls[i])]
         ref.append(torch.stack(ok or outs).mean(0))
     torch.testing.assert_close(d.labels.logits.detach(), torch.stack(ref), rtol=1e-5, atol=1e-6)
-    # and the helper on a hand-made case: expert 1 right, expert 0 wrong
-    logits = init_soft_labels(d.spec, experts, x[:1], cls[:1])
-    assert logits.shape == (1, d.spec.num_classes)
+
+
+def test_init_soft_labels_on_a_hand_made_case(lss_tiny_buffer):
+    """Expert 0 right, expert 1 wrong -> expert 0's logits; both wrong -> the mean."""
+    spec = lss_tiny_buffer.spec
+    experts = lss_tiny_buffer.final_params()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = torch.stack([convnet_forward(spec, w, x)[0] for w in experts])  # [2, K]
+    a, b = int(out[0].argmax()), int(out[1].argmax())
+    if a == b:  # make expert 1 disagree: raise one of its last-layer biases
+        experts = experts.clone()
+        experts[1, -spec.num_classes :] += 100 * torch.nn.functional.one_hot(
+            torch.tensor((a + 1) % spec.num_classes), spec.num_classes
+        )
+        out = torch.stack([convnet_forward(spec, w, x)[0] for w in experts])
+        b = int(out[1].argmax())
+    assert a != b
+    got = init_soft_labels(spec, experts, x, torch.tensor([a]))
+    torch.testing.assert_close(got[0], out[0])
+    wrong = next(k for k in range(spec.num_classes) if k not in (a, b))
+    got = init_soft_labels(spec, experts, x, torch.tensor([wrong]))
+    torch.testing.assert_close(got[0], out.mean(0))
 
 
 def test_checkpointed_mode_runs_and_matches_unrolled_losses(

@@ -168,7 +168,8 @@ def test_distillation_resumes_bitwise_after_sigkill(tmp_path, lss_tiny_buffer):
     buf = lss_tiny_buffer.folder
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run_to_end(script, buf, ref, 0)
-    kill_when(script, (buf, cut, 0.5), cut / "checkpoint.json")
+    # log.csv first appears with the first checkpoint after iteration 0
+    kill_when(script, (buf, cut, 0.5), cut / "log.csv")
     assert not (cut / "synset.json").exists()
     out = run_to_end(script, buf, cut, 0)
     start = int(out.split("START", 1)[1].split()[0])

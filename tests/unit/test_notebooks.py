@@ -19,7 +19,9 @@ STAGES = {"01_buffers": "buffers", "02_distill": "distill", "03_evaluate": "eval
 
 
 def _defaults(notebook: Path) -> dict:
-    return {k: ast.literal_eval(v["default"]) for k, v in pm.inspect_notebook(str(notebook)).items()}
+    return {
+        k: ast.literal_eval(v["default"]) for k, v in pm.inspect_notebook(str(notebook)).items()
+    }
 
 
 @pytest.mark.parametrize("stem,stage", sorted(STAGES.items()))
@@ -28,7 +30,9 @@ def test_notebook_defaults_are_the_cpu_profile(stem: str, stage: str) -> None:
     expected: dict = {}
     for cls in config.STAGE_CONFIGS[stage]:
         expected.update(cls().to_dict())
-    expected.update(config.stage_parameters(prof, stage, None if stage == "buffers" else prof["main"]["lss"]))
+    expected.update(
+        config.stage_parameters(prof, stage, None if stage == "buffers" else prof["main"]["lss"])
+    )
     got = _defaults(NB / f"{stem}.ipynb")
     missing = set(expected) - set(got)
     assert not missing, f"{stem} lacks parameters {sorted(missing)}"
@@ -48,8 +52,20 @@ def test_papermill_bad_parameter_fails_fast_with_lsslib_message(tmp_path: Path) 
     papermill = Path(sys.executable).parent / "papermill"
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [str(papermill), str(NB / "02_distill.ipynb"), str(tmp_path / "out.ipynb"), "-p", "rank", "40",
-         "-p", "out_dir", str(tmp_path / "run"), "-p", "buffer_dir", str(tmp_path / "missing")],
+        [
+            str(papermill),
+            str(NB / "02_distill.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            "-p",
+            "rank",
+            "40",
+            "-p",
+            "out_dir",
+            str(tmp_path / "run"),
+            "-p",
+            "buffer_dir",
+            str(tmp_path / "missing"),
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -179,6 +179,11 @@ def test_editing_one_run_reruns_only_that_run(tmp_path):
     that the dry run plans that run's distill/evaluate and the tables listing it only."""
     stubs = write_stub_notebooks(tmp_path / "nb")
     original = yaml.safe_load((PROFILES / "smoke.yaml").read_text())
+    # Fewer jobs, same shape: lss_r2 only in the rank ablation, lss_stair only in
+    # the schedule ablation, one baseline.
+    original["runs"] = {k: original["runs"][k] for k in ("lss", "mtt", "lss_r2", "lss_stair")}
+    original["ablations"] = {"rank": ["lss_r2", "lss"], "schedule": ["lss", "lss_stair"]}
+    original["baselines"] = {"full": original["baselines"]["full"]}
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump(original, sort_keys=False))
     config = {"notebook_dir": stubs, "book_dir": "book_out"}
@@ -220,3 +225,22 @@ def test_editing_one_run_reruns_only_that_run(tmp_path):
         "summary",
         "all",
     }
+
+
+def test_timed_records_wall_time_and_memory_and_keeps_old_record_on_noop(tmp_path):
+    timed = [sys.executable, str(REPO / "workflow" / "scripts" / "timed.py")]
+    out = tmp_path / "pipeline_time.txt"
+    work = [sys.executable, "-c", "x = bytearray(64 * 2**20)"]
+    proc = subprocess.run([*timed, "--out", str(out), "--keep-if", "Nothing", "--", *work])
+    assert proc.returncode == 0
+    record = yaml.safe_load(out.read_text())
+    assert record["exit_status"] == 0 and record["wall_seconds"] >= 0
+    assert record["peak_rss_mb"] >= 64
+    noop = [
+        sys.executable,
+        "-c",
+        "import sys; print('Nothing to be done', file=sys.stderr); sys.exit(3)",
+    ]
+    proc = subprocess.run([*timed, "--out", str(out), "--keep-if", "Nothing", "--", *noop])
+    assert proc.returncode == 3  # the command's status passes through
+    assert yaml.safe_load(out.read_text()) == record  # the old record is kept
