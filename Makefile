@@ -53,14 +53,14 @@ data: setup
 	 for d in ('cifar10', 'cifar100', 'svhn')]; print('cache    ', cache_dir())"
 
 # --- experiments -----------------------------------------------------------
-# Jobs a killed run left half-done are redone (--rerun-incomplete); a failing job's
-# log is printed (--show-failed-logs). Wall time and peak memory of the whole run
-# go to results/<profile>/pipeline_time.txt
-# (kept as is when Snakemake finds nothing to do) and, for the book, next to the
-# summary's files in book/_generated/.
+# Jobs a killed run left half-done are redone (--rerun-incomplete); a failing
+# job's log is printed (--show-failed-logs). Wall time and peak memory of the
+# whole run go to results/<profile>/pipeline_time.txt (kept as is when Snakemake
+# finds nothing to do, or on a dry run) and, for the book, next to the summary's
+# files in book/_generated/.
 pipeline: setup
 	$(PY) workflow/scripts/timed.py --out results/$(PROFILE)/pipeline_time.txt \
-	  --keep-if "Nothing to be done" -- \
+	  --keep-if "Nothing to be done" --keep-if "This was a dry-run" -- \
 	  $(SNAKEMAKE) --configfile workflow/profiles/$(PROFILE).yaml \
 	  --config device=$(DEVICE) --cores $(CORES) --rerun-incomplete --show-failed-logs \
 	  $(SNAKEFLAGS)
@@ -115,4 +115,4 @@ book-tests: setup
 # them); remove those by hand: rm -rf results/<profile> .snakemake
 clean:
 	rm -rf _build book/_generated .pytest_cache .ruff_cache
-	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -2,7 +2,7 @@
 
 Usage:
     python workflow/scripts/timed.py --out results/cpu/pipeline_time.txt \
-        [--keep-if "Nothing to be done"] -- snakemake ...
+        [--keep-if "Nothing to be done" --keep-if "This was a dry-run"] -- snakemake ...
 
 The record is a small YAML file: the command, start and end (UTC), wall seconds,
 the peak resident memory of the largest single process the command started
@@ -11,10 +11,10 @@ for), the exit status and the machine. Standard library only, so it works
 wherever Python does (GNU ``/usr/bin/time -v`` is missing on macOS and slim
 containers).
 
-With ``--keep-if PATTERN`` the command's standard error is scanned while it is
-passed through; when PATTERN appears (Snakemake's "Nothing to be done"), an
-existing record is kept, so a no-op rerun does not overwrite the timing of the
-run that did the work.
+With ``--keep-if PATTERN`` (repeatable) the command's output (standard output
+and error, merged into standard output) is scanned while it is passed through; when a PATTERN appears (Snakemake's "Nothing to be
+done", or the end of a dry run), an existing record is kept, so a no-op rerun
+does not overwrite the timing of the run that did the work.
 
 The exit status is the command's.
 """
@@ -44,7 +44,9 @@ def peak_rss_mb() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="where to write the record")
-    parser.add_argument("--keep-if", default=None, help="keep an old record if stderr has this")
+    parser.add_argument(
+        "--keep-if", action="append", default=[], help="keep an old record if stderr has this"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -55,12 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     seen = False
     if args.keep_if:
-        proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1)
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            seen = seen or args.keep_if in line
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            seen = seen or any(p in line for p in args.keep_if)
         status = proc.wait()
     else:
         status = subprocess.call(command)
