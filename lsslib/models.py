@@ -16,7 +16,9 @@ group per channel, affine), average pooling: 320,010 parameters for 10 classes,
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +27,14 @@ from torch import Tensor
 
 from .config import ModelConfig
 
-__all__ = ["ConvNetSpec", "convnet_forward", "init_flat", "batched_forward", "flops_per_image"]
+__all__ = [
+    "ConvNetSpec",
+    "convnet_forward",
+    "init_flat",
+    "batched_forward",
+    "compiled_forward",
+    "flops_per_image",
+]
 
 
 @dataclass(frozen=True)
@@ -170,6 +179,28 @@ def batched_forward(spec: ConvNetSpec, flats: Tensor, x: Tensor) -> Tensor:
     convolution.
     """
     return torch.func.vmap(lambda w, xb: convnet_forward(spec, w, xb))(flats, x)
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_forward(
+    spec: ConvNetSpec, backend: str = "inductor", batched: bool = True
+) -> Callable[[ConvNetSpec, Tensor, Tensor], Tensor]:
+    """:func:`batched_forward` (or :func:`convnet_forward`) through :func:`torch.compile`.
+
+    An optional GPU speed path, off unless asked for (``train_nets(compile_backend=...)``,
+    the benchmarks' ``--compile``): the compiler fuses the element-wise work
+    around the convolutions. First-order training only -- ``torch.compile`` does
+    not support the double backward of trajectory matching. One compiled
+    function per ``(spec, backend, batched)``, shapes specialised (``dynamic=False``).
+
+    Returns:
+        A function with the signature of :func:`batched_forward` (``spec`` is ignored).
+    """
+    if batched:
+        fn = torch.compile(lambda w, x: batched_forward(spec, w, x), backend=backend, dynamic=False)
+    else:
+        fn = torch.compile(lambda w, x: convnet_forward(spec, w, x), backend=backend, dynamic=False)
+    return lambda _spec, w, x: fn(w, x)
 
 
 def flops_per_image(spec: ConvNetSpec) -> int:

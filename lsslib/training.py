@@ -12,6 +12,11 @@ tests check this.
 The optimiser is PyTorch's SGD written out on the flat tensor
 (``d = g + wd * w; buf = m * buf + d; w -= lr * buf``; MTT's buffer and
 evaluation use ``torch.optim.SGD``).
+
+On CUDA the small per-step host tensors (shuffles, DSA draws) go to the device
+through pinned memory without blocking, so the host keeps queueing work while
+the GPU runs; call :func:`enable_tf32` once to let convolutions and matmuls use
+TF32 tensor cores. ``benchmarks/`` measures all of this.
 """
 
 from __future__ import annotations
@@ -23,10 +28,82 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .augment import apply_dsa, sample_dsa
-from .models import ConvNetSpec, batched_forward, convnet_forward
+from .augment import DSAParams, apply_dsa, sample_dsa
+from .models import ConvNetSpec, batched_forward, compiled_forward, convnet_forward
 
-__all__ = ["soft_cross_entropy", "TrainState", "train_nets", "accuracy", "gather_dsa_batch"]
+__all__ = [
+    "soft_cross_entropy",
+    "TrainState",
+    "train_nets",
+    "accuracy",
+    "gather_dsa_batch",
+    "enable_tf32",
+    "tune_cpu_malloc",
+    "to_device",
+]
+
+
+def enable_tf32(enabled: bool = True) -> tuple[bool, bool]:
+    """Allow (or forbid) TF32 tensor cores for fp32 matmuls and cuDNN convolutions.
+
+    TF32 keeps fp32 range with a 10-bit mantissa; on Ampere/Hopper GPUs it runs
+    the ConvNet's convolutions several times faster than strict fp32. It changes
+    results at the 1e-3 relative level, so call it once, at the start of a CUDA
+    run (the benchmarks and the stage notebooks do), never in the middle of one.
+    It has no effect on CPU.
+
+    Returns:
+        The previous ``(matmul, cudnn)`` settings, to restore them.
+    """
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    return old
+
+
+def tune_cpu_malloc() -> bool:
+    """glibc only: keep freed CPU tensor memory in the heap for reuse (opt-in, process-wide).
+
+    By default glibc serves every allocation above 32 MiB (one activation
+    tensor of a width-128 ConvNet at batch 256 is 128 MiB) with a fresh ``mmap``
+    and returns it on free, so the kernel zero-fills the pages again at every
+    training step; on a 2-core machine that cost about a third of the CPU time
+    of expert training. With mmap off and trimming raised, the heap keeps the
+    pages and the next step reuses them: same results, less time, but the
+    process's resident memory stays at its peak. Call once, early, in a CPU
+    run (the benchmarks do; ``--no-malloc-tuning`` turns it off). No effect on
+    tensors on a GPU.
+
+    Returns:
+        ``True`` if glibc accepted the settings, ``False`` elsewhere (e.g. macOS, musl).
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+        ok = libc.mallopt(m_mmap_max, 0) == 1
+        ok = libc.mallopt(m_trim_threshold, 2**31 - 1) == 1 and ok
+        return libc.mallopt(m_top_pad, 64 << 20) == 1 and ok
+    except (OSError, AttributeError):
+        return False
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Copy a host tensor to ``device``; to CUDA through pinned memory, without blocking.
+
+    A plain ``.to('cuda')`` of pageable memory waits for all queued GPU work, so a
+    few small copies per training step would stall the pipeline every step. The
+    copy is stream-ordered, so later kernels see the data; PyTorch's pinned-memory
+    cache keeps the staging buffer alive until the copy has run. Same values either way.
+    """
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _params_to(p: DSAParams, device: torch.device) -> DSAParams:
+    return DSAParams(p.family, {k: to_device(v, device) for k, v in p.values.items()})
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -80,24 +157,34 @@ def gather_dsa_batch(
     if not strategy:
         return xb
     e, b = idx.shape
+    dev = x.device
     params = [sample_dsa(strategy, b, x.shape[-1], g) for g in generators]
     out = torch.empty_like(xb) if not xb.requires_grad else None
     if out is None:  # differentiable path: keep it functional
-        return torch.stack([apply_dsa(xb[i], p) for i, p in enumerate(params)])
+        return torch.stack([apply_dsa(xb[i], _params_to(p, dev)) for i, p in enumerate(params)])
     by_family: dict[str, list[int]] = {}
     for i, p in enumerate(params):
         by_family.setdefault(p.family, []).append(i)
     for fam, members in by_family.items():
-        merged = type(params[0])(
+        merged = DSAParams(
             fam,
             {
-                k: torch.cat([params[i].values[k] for i in members])
+                k: to_device(torch.cat([params[i].values[k] for i in members]), dev)
                 for k in params[members[0]].values
             },
         )
-        sel = torch.tensor(members, device=x.device)
+        sel = to_device(torch.tensor(members), dev)
         out[sel] = apply_dsa(xb[sel].flatten(0, 1), merged).view(len(members), b, *x.shape[1:])
     return out
+
+
+def _per_net_loss(logits: Tensor, yb: Tensor) -> Tensor:
+    """Mean cross-entropy of each net: ``logits [E, B, K]``, ``yb [E, B]`` or ``[E, B, K]`` -> ``[E]``."""
+    if yb.dtype == torch.int64:
+        e, k = logits.shape[0], logits.shape[-1]
+        ce = F.cross_entropy(logits.reshape(-1, k), yb.reshape(-1), reduction="none")
+        return ce.view(e, -1).mean(1)
+    return -(yb * F.log_softmax(logits, dim=-1)).sum(-1).mean(1)
 
 
 def train_nets(
@@ -115,6 +202,7 @@ def train_nets(
     lr_decay_epoch: int | None = None,
     on_epoch: Callable[[TrainState, Tensor], None] | None = None,
     vectorise: bool | None = None,
+    compile_backend: str | None = None,
 ) -> TrainState:
     """Train ``E = len(state.generators)`` networks for ``epochs`` more epochs.
 
@@ -132,6 +220,14 @@ def train_nets(
             ``epochs // 2``); ``None`` = constant.
         on_epoch: called after every epoch with the state and the per-network
             training accuracy (float32 ``[E]``).
+        vectorise: ``True``: one vmapped forward for all E nets (grouped convolutions);
+            ``False``: a loop over the nets; ``None`` (default): vmap on CUDA, the loop
+            elsewhere (on CPU the grouped convolutions are slower than the loop:
+            ``benchmarks/bench_experts.py`` measures both).
+        compile_backend: optional GPU speed path, off by default: run the forward
+            through ``torch.compile(backend=compile_backend)`` (e.g. ``"inductor"``,
+            which fuses the norm/ReLU/pool element-wise work). Same maths, float
+            reassociation only. Not measured on a GPU yet; see ``benchmarks/README.md``.
 
     Returns:
         The updated :class:`TrainState`.
@@ -141,26 +237,37 @@ def train_nets(
     dev = x.device
     vec = (dev.type == "cuda") if vectorise is None else vectorise
     lr_t = torch.as_tensor(lr, dtype=torch.float32, device=dev).reshape(-1, 1).expand(e, 1)
+    fwd_many = batched_forward
+    fwd_one = convnet_forward
+    if compile_backend:
+        fwd_many = compiled_forward(spec, compile_backend, batched=True)
+        fwd_one = compiled_forward(spec, compile_backend, batched=False)
     while state.epoch < epochs:
         factor = 0.1 if lr_decay_epoch is not None and state.epoch >= lr_decay_epoch else 1.0
-        perms = torch.stack([torch.randperm(n, generator=g) for g in state.generators]).to(dev)
+        perms = to_device(
+            torch.stack([torch.randperm(n, generator=g) for g in state.generators]), dev
+        )
         correct = torch.zeros(e, device=dev)
         for b0 in range(0, n, batch_size):
             idx = perms[:, b0 : b0 + batch_size]
             xb = gather_dsa_batch(x, idx, dsa_strategy, state.generators)
             yb = y[idx]
-            w = state.flats.detach().requires_grad_(True)
             if vec and e > 1:
-                logits = batched_forward(spec, w, xb)
+                w = state.flats.detach().requires_grad_(True)
+                logits = fwd_many(spec, w, xb)
+                (grad,) = torch.autograd.grad(_per_net_loss(logits, yb).sum(), w)
             else:
-                logits = torch.stack([convnet_forward(spec, w[i], xb[i]) for i in range(e)])
-            if yb.dtype == torch.int64:
-                k = logits.shape[-1]
-                ce = F.cross_entropy(logits.reshape(-1, k), yb.reshape(-1), reduction="none")
-                per_net = ce.view(e, -1).mean(1)
-            else:
-                per_net = -(yb * F.log_softmax(logits, dim=-1)).sum(-1).mean(1)
-            (grad,) = torch.autograd.grad(per_net.sum(), w)
+                # One net at a time, forward then backward, so that only one net's
+                # graph is alive (less memory, warmer caches); same numbers as a
+                # single backward through all E nets.
+                grads, outs = [], []
+                for i in range(e):
+                    wi = state.flats[i].detach().requires_grad_(True)
+                    li = fwd_one(spec, wi, xb[i])
+                    (gi,) = torch.autograd.grad(_per_net_loss(li[None], yb[i : i + 1]).sum(), wi)
+                    grads.append(gi)
+                    outs.append(li.detach())
+                grad, logits = torch.stack(grads), torch.stack(outs)
             with torch.no_grad():
                 d = grad + weight_decay * state.flats if weight_decay else grad
                 if momentum:
@@ -176,12 +283,34 @@ def train_nets(
 
 
 @torch.no_grad()
-def accuracy(spec: ConvNetSpec, flats: Tensor, x: Tensor, y: Tensor, batch: int = 2000) -> Tensor:
-    """Top-1 accuracy of each network: ``flats`` ``[E, P]`` on ``x`` ``[N, C, H, W]`` -> float32 ``[E]``."""
+def accuracy(
+    spec: ConvNetSpec,
+    flats: Tensor,
+    x: Tensor,
+    y: Tensor,
+    batch: int = 2000,
+    vectorise: bool | None = None,
+) -> Tensor:
+    """Top-1 accuracy of each network: ``flats`` ``[E, P]`` on ``x`` ``[N, C, H, W]`` -> float32 ``[E]``.
+
+    At most ``batch`` image-forwards are in flight at once (``batch // E``
+    images for all E nets vmapped, or ``batch`` images for one net), so memory
+    does not grow with E (10 nets x 2000 images of a width-128 ConvNet would
+    need 10 GB per activation). ``vectorise``: as in :func:`train_nets`
+    (vmap on CUDA, a loop over the nets elsewhere).
+    """
     e = flats.shape[0]
+    vec = (flats.device.type == "cuda") if vectorise is None else vectorise
     correct = torch.zeros(e, device=flats.device)
-    fwd = torch.func.vmap(lambda w, xb: convnet_forward(spec, w, xb), in_dims=(0, None))
-    for i in range(0, len(x), batch):
-        logits = fwd(flats, x[i : i + batch])
-        correct += (logits.argmax(-1) == y[i : i + batch]).float().sum(1)
+    if vec and e > 1:
+        fwd = torch.func.vmap(lambda w, xb: convnet_forward(spec, w, xb), in_dims=(0, None))
+        step = max(1, batch // e)
+        for i in range(0, len(x), step):
+            logits = fwd(flats, x[i : i + step])
+            correct += (logits.argmax(-1) == y[i : i + step]).float().sum(1)
+        return correct / len(x)
+    for j in range(e):
+        for i in range(0, len(x), batch):
+            logits = convnet_forward(spec, flats[j], x[i : i + batch])
+            correct[j] += (logits.argmax(-1) == y[i : i + batch]).float().sum()
     return correct / len(x)

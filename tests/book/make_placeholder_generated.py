@@ -178,6 +178,7 @@ def write_placeholders(dest: Path) -> None:
     (dest / "tables").mkdir(parents=True, exist_ok=True)
     (dest / "notebooks").mkdir(parents=True, exist_ok=True)
     (dest / "run_info.md").write_text(RUN_INFO)
+    (dest / "pipeline_time.txt").write_text("wall_seconds: PLACEHOLDER\npeak_rss_mb: PLACEHOLDER\n")
     for stem in FIGURES:
         (dest / "figures" / f"{stem}.png").write_bytes(_png(stem))
     for stem, (header, rows) in TABLES.items():

@@ -52,7 +52,7 @@ def test_colab_links_follow_the_repository_url():
 
 
 def test_generated_paths_are_in_the_contract():
-    known = {"_generated/run_info.md"}
+    known = {"_generated/run_info.md", "_generated/pipeline_time.txt"}
     known |= {f"_generated/figures/{f}.png" for f in FIGURES}
     known |= {f"_generated/tables/{t}.{ext}" for t in TABLES for ext in ("md", "csv")}
     used = set()

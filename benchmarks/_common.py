@@ -1,0 +1,357 @@
+"""Shared plumbing of the three stage benchmarks: CLI, device facts, peaks, memory, timing, JSON.
+
+Not part of lsslib; imported by ``bench_*.py`` from this folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import lsslib  # noqa: E402
+from lsslib.models import ConvNetSpec, flops_per_image  # noqa: E402
+from lsslib.training import enable_tf32, tune_cpu_malloc  # noqa: E402
+
+#: NVIDIA datasheet peaks in TFLOP/s: (fp32 non-tensor, TF32 tensor-core DENSE).
+#: The datasheets print TF32 "with sparsity"; dense is half of it.
+#: H100 SXM5 67 / 989 sparse; H100 PCIe 51 / 756; H100 NVL 60 / 835;
+#: H200 SXM 67 / 989; H200 NVL 60 / 835; A100 19.5 / 156 dense.
+GPU_PEAKS: list[tuple[str, float, float]] = [
+    ("H200 NVL", 60.0, 417.5),
+    ("H200", 67.0, 494.5),
+    ("H100 NVL", 60.0, 417.5),
+    ("H100 PCIe", 51.0, 378.0),
+    ("H100", 67.0, 494.5),  # SXM5 (e.g. "NVIDIA H100 80GB HBM3")
+    ("A100", 19.5, 156.0),
+]
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cuda | cuda:N | cpu (default: cuda when available, else cpu; cpu with --quick)",
+    )
+    p.add_argument("--quick", action="store_true", help="small CPU config, < 2 minutes")
+    p.add_argument("--width", type=int, default=None, help="ConvNet width (default 128)")
+    p.add_argument("--depth", type=int, default=3, help="ConvNet depth (default 3)")
+    p.add_argument("--classes", type=int, default=10, help="classes K (default 10)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per variant")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 tensor cores via lsslib.training.enable_tf32 (default on)",
+    )
+    p.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: let cuDNN time its algorithms per shape (default on)",
+    )
+    p.add_argument(
+        "--malloc-tuning",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CPU: lsslib.training.tune_cpu_malloc (reuse freed heap pages; default on)",
+    )
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="override the assumed device peak"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the final JSON line to this file")
+    return p
+
+
+def setup(args: argparse.Namespace, quick: dict[str, Any], full: dict[str, Any]) -> torch.device:
+    """Fill unset size flags from the quick/full presets, pick and configure the device."""
+    preset = quick if args.quick else full
+    for k, v in preset.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.device is None:
+        args.device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device here; use --device cpu (or --quick)")
+        if dev.index is not None:
+            torch.cuda.set_device(dev)
+        enable_tf32(args.tf32)
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    args.malloc_tuned = False
+    if dev.type == "cpu" and args.malloc_tuning:
+        args.malloc_tuned = tune_cpu_malloc()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return dev
+
+
+def spec_of(args) -> ConvNetSpec:
+    return ConvNetSpec(3, 32, args.classes, depth=args.depth, width=args.width)
+
+
+def first_layer_flops(spec: ConvNetSpec) -> int:
+    """Forward FLOPs of the first convolution on one image (its input gradient is never needed)."""
+    return 2 * spec.side * spec.side * spec.width * spec.channels * 9
+
+
+def train_flops_per_image(spec: ConvNetSpec) -> int:
+    """One SGD step on one image: forward F, weight gradients F, input gradients F - F1.
+
+    Every layer (convolutions and the linear layer, which are all that
+    :func:`lsslib.models.flops_per_image` counts) costs its forward matmul once
+    more for dL/dW and once more for dL/dX, except the first layer, whose
+    dL/dX is not computed (the images do not require grad): 3F - F1 (~3F).
+    Norm, ReLU, pooling and the loss are memory-bound and not counted.
+    """
+    return 3 * flops_per_image(spec) - first_layer_flops(spec)
+
+
+# ----------------------------------------------------------------- device facts
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(dev: torch.device, args=None) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(dev),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "lsslib": lsslib.__version__,
+        "platform": platform.platform(),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "malloc_tuned": getattr(args, "malloc_tuned", False),
+    }
+    if dev.type == "cuda":
+        info.update(
+            gpu=torch.cuda.get_device_name(dev),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_cudnn=torch.backends.cudnn.allow_tf32,
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+        )
+        info["device_string"] = f"{info['gpu']} (CUDA {info['cuda']})"
+    else:
+        info["device_string"] = f"{info['cpu']}, {info['torch_threads']} threads" + (
+            ", tuned malloc" if info["malloc_tuned"] else ""
+        )
+    return info
+
+
+def _git(*cmd: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def measure_cpu_matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best-of-``repeats`` GFLOP/s of an fp32 n x n matmul on this CPU: the practical peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def device_peak(dev: torch.device, args) -> tuple[float | None, str]:
+    """``(peak TFLOP/s, where it comes from)`` for the fraction-of-peak figures."""
+    if args.peak_tflops:
+        return args.peak_tflops, "given by --peak-tflops"
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        tf32 = torch.backends.cudnn.allow_tf32
+        for key, fp32, tf32_dense in GPU_PEAKS:
+            if key in name:
+                if tf32:
+                    return tf32_dense, f"NVIDIA datasheet {key}: TF32 tensor-core dense peak"
+                return fp32, f"NVIDIA datasheet {key}: FP32 (non-tensor) peak"
+        return None, f"unknown GPU {name!r}: pass --peak-tflops"
+    g = measure_cpu_matmul_gflops()
+    return g / 1e3, (
+        f"measured fp32 2048x2048 matmul on this CPU, best of 10, "
+        f"{torch.get_num_threads()} threads: {g:.1f} GFLOP/s (practical peak)"
+    )
+
+
+# ----------------------------------------------------------------------- memory
+_LIBC = None
+
+
+def _malloc_trim() -> None:
+    global _LIBC
+    try:
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+class PeakMemory:
+    """Peak memory of the block.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (exact, tensors only).
+    CPU: the process's resident-set high-water mark (VmHWM), reset through
+    ``/proc/self/clear_refs`` after ``gc.collect()`` + ``malloc_trim(0)``, minus
+    the resident set at the start: the extra RAM the block needed (includes
+    allocator slack; noisy at the MB level). Without ``clear_refs`` it falls
+    back to ``ru_maxrss``, the whole process's peak (``method`` says which).
+    """
+
+    def __init__(self, dev: torch.device) -> None:
+        self.dev = dev
+        self.peak_bytes = 0
+        self.base_bytes = 0
+        self.method = ""
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.dev)
+            self.base_bytes = torch.cuda.memory_allocated(self.dev)
+            self.method = "torch.cuda.max_memory_allocated"
+            return self
+        _malloc_trim()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.method = "VmHWM after clear_refs (RSS high-water mark)"
+        except OSError:
+            self.method = "ru_maxrss (process peak, not resettable)"
+        self.base_bytes = (_status_kb("VmRSS") or 0) * 1024
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.dev)
+            return
+        if self.method.startswith("VmHWM"):
+            self.peak_bytes = (_status_kb("VmHWM") or 0) * 1024
+        else:
+            self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    @property
+    def extra_bytes(self) -> int:
+        return max(0, self.peak_bytes - self.base_bytes)
+
+
+# ----------------------------------------------------------------------- timing
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def interleaved_times(
+    variants: dict[str, Callable[[], Any]], repeats: int, dev: torch.device
+) -> dict[str, list[tuple[float, float]]]:
+    """``(wall s, process CPU s)`` of each variant, ``repeats`` rounds, variants interleaved.
+
+    Interleaving spreads the load of other jobs on a shared machine over all
+    variants alike; report the best (least disturbed) and the median. The
+    process CPU time (all threads) is less sensitive to other jobs than wall
+    time on a busy CPU; on a GPU it only measures the host side.
+    """
+    out: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            sync(dev)
+            c, t = time.process_time(), time.perf_counter()
+            fn()
+            sync(dev)
+            out[name].append((time.perf_counter() - t, time.process_time() - c))
+    return out
+
+
+def summarise(times: list[tuple[float, float]]) -> dict[str, Any]:
+    wall = [w for w, _ in times]
+    cpu = [c for _, c in times]
+    return {
+        "best_s": min(wall),
+        "median_s": statistics.median(wall),
+        "all_s": [round(t, 4) for t in wall],
+        "best_cpu_s": min(cpu),
+        "median_cpu_s": statistics.median(cpu),
+    }
+
+
+def mib(b: float) -> float:
+    return round(b / 2**20, 1)
+
+
+def emit(result: dict[str, Any], out: str | None) -> None:
+    """Print the one-line JSON record (last line of output) and write it to ``out``."""
+    line = json.dumps(result, sort_keys=False, default=_jsonable)
+    print(line, flush=True)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(line + "\n")
+
+
+def _jsonable(o):
+    if isinstance(o, torch.device):
+        return str(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def header(title: str, info: dict[str, Any], config: dict[str, Any], peak: tuple) -> None:
+    print(f"== {title}")
+    print(f"   device  {info['device_string']}; torch {info['torch']}; {info['date_utc']}")
+    print(f"   config  {json.dumps(config)}")
+    print(f"   peak    {peak[0] if peak[0] is None else f'{peak[0]:.3f}'} TFLOP/s ({peak[1]})")
