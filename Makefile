@@ -4,6 +4,7 @@
 #   make data                   show where lsslib finds (or would download) the data
 #   make pipeline PROFILE=cpu   run the Snakemake workflow for one profile
 #   make book PROFILE=cpu       setup + pipeline + strict book build (_build/html)
+#   make unlock PROFILE=cpu     release Snakemake's lock after a crash or kill
 #   make test                   everything CI checks (lint, unit tests, notebook
 #                               pairing, dry runs, smoke pipeline, book, book tests)
 #   make clean                  remove the built book and caches (keeps results/)
@@ -30,10 +31,10 @@ SNAKEMAKE := $(VENV)/bin/snakemake -s workflow/Snakefile
 PROFILES := smoke cpu paper paper_cifar100 paper_svhn
 SETUP_STAMP := $(VENV)/.lsslib-installed
 
-.PHONY: help setup data pipeline book test lint unit notebooks-paired dry-runs book-tests clean
+.PHONY: help setup data pipeline unlock book test lint unit notebooks-paired dry-runs book-tests clean
 
 help:
-	@sed -n '1,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,17p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- environment -----------------------------------------------------------
 setup: $(SETUP_STAMP)
@@ -66,6 +67,11 @@ pipeline: setup
 	  $(SNAKEFLAGS)
 	@if [[ -f results/$(PROFILE)/pipeline_time.txt && -d book/_generated ]]; then \
 	  cp results/$(PROFILE)/pipeline_time.txt book/_generated/pipeline_time.txt; fi
+
+# After a crash or a kill, Snakemake keeps its lock: release it, then rerun
+# `make pipeline` (or `make book`), which redoes only unfinished jobs.
+unlock: setup
+	$(SNAKEMAKE) --configfile workflow/profiles/$(PROFILE).yaml --unlock
 
 book: pipeline
 	bash book/build.sh

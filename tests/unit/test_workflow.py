@@ -245,3 +245,62 @@ def test_timed_records_wall_time_and_memory_and_keeps_old_record_on_noop(tmp_pat
     proc = subprocess.run([*timed, "--out", str(out), "--keep-if", "Nothing", "--", *noop])
     assert proc.returncode == 3  # the command's status passes through
     assert yaml.safe_load(out.read_text()) == record  # the old record is kept
+
+
+def test_rerun_after_a_crash_keeps_finished_jobs(tmp_path):
+    """SIGKILL Snakemake (and its jobs) mid-run; the rerun does only what was left."""
+    import os
+    import signal
+    import time
+
+    stubs = write_stub_notebooks(tmp_path / "nb")
+    prof = yaml.safe_load((PROFILES / "smoke.yaml").read_text())
+    prof["runs"] = {k: prof["runs"][k] for k in ("lss", "lss_r2", "lss_stair")}
+    prof["main"] = {"lss": "lss", "mtt": "lss"}
+    prof["ablations"] = {"rank": ["lss_r2", "lss"], "schedule": ["lss", "lss_stair"]}
+    del prof["baselines"]
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump(prof, sort_keys=False))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(profile),
+        "--cores",
+        "1",
+        "--config",
+        f"notebook_dir={stubs}",
+        "book_dir=book_out",
+    ]
+    bench = tmp_path / "results" / "smoke" / "benchmarks"
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    t0 = time.monotonic()
+    while not (bench / "buffers.tsv").is_file() or not list(bench.glob("distill_*.tsv")):
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() - t0 < 240, "the first jobs never finished"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "book_out" / "run_info.md").exists(), "killed too late to test anything"
+    finished = {p.name: p.stat().st_mtime_ns for p in bench.glob("*.tsv")}
+
+    # A killed Snakemake leaves its lock: release it (what `make unlock` does), then rerun.
+    unlock = subprocess.run(
+        [*cmd, "--unlock"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+    rerun = subprocess.run(
+        [*cmd, "--rerun-incomplete"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (tmp_path / "book_out" / "run_info.md").is_file()
+    for name, mtime in finished.items():
+        assert (bench / name).stat().st_mtime_ns == mtime, f"{name} was redone after the crash"
+    assert "rule buffers:" not in rerun.stdout + rerun.stderr
