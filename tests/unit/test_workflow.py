@@ -174,19 +174,24 @@ def test_slurm_profile_dry_run(stubs, tmp_path):
     assert "gpu=1" in distill and "slurm_partition=" in distill and "runtime=2880" in distill
 
 
+def small_smoke_profile(tmp_path: Path) -> tuple[dict, Path]:
+    """The smoke profile cut to three runs (each stub costs a kernel start), same shape:
+    lss_r2 only in the rank ablation, lss_stair only in the schedule ablation, lss in both."""
+    prof = yaml.safe_load((PROFILES / "smoke.yaml").read_text())
+    prof["runs"] = {k: prof["runs"][k] for k in ("lss", "lss_r2", "lss_stair")}
+    prof["main"] = {"lss": "lss", "mtt": "lss"}
+    prof["ablations"] = {"rank": ["lss_r2", "lss"], "schedule": ["lss", "lss_stair"]}
+    del prof["baselines"]
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(prof, sort_keys=False))
+    return prof, path
+
+
 def test_editing_one_run_reruns_only_that_run(tmp_path):
     """Run the smoke plan with stubs, change one distill parameter of one run, and check
     that the dry run plans that run's distill/evaluate and the tables listing it only."""
     stubs = write_stub_notebooks(tmp_path / "nb")
-    original = yaml.safe_load((PROFILES / "smoke.yaml").read_text())
-    # Fewer jobs (each stub costs a kernel start), same shape: lss_r2 only in the
-    # rank ablation, lss_stair only in the schedule ablation, lss in both.
-    original["runs"] = {k: original["runs"][k] for k in ("lss", "lss_r2", "lss_stair")}
-    original["main"] = {"lss": "lss", "mtt": "lss"}
-    original["ablations"] = {"rank": ["lss_r2", "lss"], "schedule": ["lss", "lss_stair"]}
-    del original["baselines"]
-    profile = tmp_path / "profile.yaml"
-    profile.write_text(yaml.safe_dump(original, sort_keys=False))
+    original, profile = small_smoke_profile(tmp_path)
     config = {"notebook_dir": stubs, "book_dir": "book_out"}
 
     done = snakemake(tmp_path, profile, "--cores", "2", config=config, timeout=300)
@@ -254,13 +259,7 @@ def test_rerun_after_a_crash_keeps_finished_jobs(tmp_path):
     import time
 
     stubs = write_stub_notebooks(tmp_path / "nb")
-    prof = yaml.safe_load((PROFILES / "smoke.yaml").read_text())
-    prof["runs"] = {k: prof["runs"][k] for k in ("lss", "lss_r2", "lss_stair")}
-    prof["main"] = {"lss": "lss", "mtt": "lss"}
-    prof["ablations"] = {"rank": ["lss_r2", "lss"], "schedule": ["lss", "lss_stair"]}
-    del prof["baselines"]
-    profile = tmp_path / "profile.yaml"
-    profile.write_text(yaml.safe_dump(prof, sort_keys=False))
+    _, profile = small_smoke_profile(tmp_path)
     cmd = [
         sys.executable,
         "-m",
