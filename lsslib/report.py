@@ -73,7 +73,8 @@ def describe_device(device: torch.device | str) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    return f"{cpu}, {n} thread{'s' if n != 1 else ''}"
 
 
 def save_figure(fig, path: str | Path, dpi: int = 130, close: bool = False) -> Path:
