@@ -217,6 +217,27 @@ def device_peak(dev: torch.device, args) -> tuple[float | None, str]:
     )
 
 
+def recheck_peak(
+    dev: torch.device, args, peak: tuple[float | None, str]
+) -> tuple[float | None, str]:
+    """CPU: measure the matmul peak again after the timed runs and keep the larger.
+
+    On a shared machine one measurement can be taken while other jobs run; the
+    larger of two is closer to what this CPU can do. GPU or ``--peak-tflops``: unchanged.
+    """
+    if dev.type == "cuda" or args.peak_tflops or peak[0] is None:
+        return peak
+    again = measure_cpu_matmul_gflops() / 1e3
+    if again <= peak[0]:
+        print(f"   peak    {peak[0]:.3f} TFLOP/s (kept; a second measurement gave {again:.3f})")
+        return peak
+    print(f"   peak    {again:.3f} TFLOP/s (a second measurement, after the runs)")
+    return again, (
+        f"measured fp32 2048x2048 matmul on this CPU, best of 10 before and 10 after the "
+        f"runs, {torch.get_num_threads()} threads: {1e3 * again:.1f} GFLOP/s (practical peak)"
+    )
+
+
 # ----------------------------------------------------------------------- memory
 _LIBC = None
 

@@ -63,6 +63,7 @@ from _common import (
     header,
     interleaved_times,
     mib,
+    recheck_peak,
     setup,
     spec_of,
     summarise,
@@ -86,9 +87,9 @@ FULL = dict(
     expert_steps=10,
 )
 QUICK = dict(
-    width=64,
-    syn_steps=10,
-    batch_syn=64,
+    width=32,
+    syn_steps=8,
+    batch_syn=48,
     n_syn=200,
     repeats=3,
     tesla_steps="1,2,5,10",
@@ -180,6 +181,7 @@ def main() -> None:
     times = interleaved_times(
         {m: (lambda m=m: iteration(m, plan)) for m in modes}, args.repeats, dev
     )
+    peak = recheck_peak(dev, args, peak)
     img_steps = args.syn_steps * args.batch_syn
     fps = flops_per_image_step(spec)
     results = {}

@@ -41,6 +41,7 @@ from _common import (
     header,
     interleaved_times,
     mib,
+    recheck_peak,
     setup,
     spec_of,
     summarise,
@@ -54,7 +55,7 @@ from lsslib.models import flops_per_image
 from lsslib.training import train_nets
 
 FULL = dict(width=128, nets=5, images=1000, epochs=1000, test_images=10000, repeats=1)
-QUICK = dict(width=64, nets=5, images=300, epochs=2, test_images=500, repeats=3)
+QUICK = dict(width=32, nets=5, images=300, epochs=2, test_images=500, repeats=3)
 FULL_EPOCHS = 1000
 
 
@@ -142,6 +143,7 @@ def main() -> None:
     fns = {name: (lambda name=name: accs.__setitem__(name, variants[name]())) for name in variants}
     times = interleaved_times(fns, args.repeats, dev)
 
+    peak = recheck_peak(dev, args, peak)
     f_fwd = flops_per_image(spec)
     marks = {
         max(1, round(args.epochs * (i + 1) / 5)) for i in range(5)

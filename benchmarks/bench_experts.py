@@ -43,6 +43,7 @@ from _common import (
     header,
     interleaved_times,
     mib,
+    recheck_peak,
     setup,
     spec_of,
     summarise,
@@ -142,6 +143,7 @@ def main() -> None:
     }
     times = interleaved_times(fns, args.repeats, dev)
 
+    peak = recheck_peak(dev, args, peak)
     work = e * n * args.epochs  # training images processed per run (all experts)
     tflop_img = train_flops_per_image(spec)
     results = {}
