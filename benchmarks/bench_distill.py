@@ -7,7 +7,7 @@ images each (DSA on every batch), on random CIFAR-shaped synthetic images
 syn_lr, and an expert segment made of a random ConvNet (``start``) and the
 same net after a few SGD steps on random CIFAR-shaped images (``target``).
 All modes share one plan (batch indices, DSA draws), moved to the device once
-(``lsslib.tesla.plan_to``).
+(``lsslib.distill.plan_to``).
 
 * ``unrolled`` -- the straightforward baseline: MTT's whole graph of all inner steps;
 * ``checkpointed`` -- exact, keeps only the N+1 parameter vectors and
@@ -69,9 +69,9 @@ from _common import (
     summarise,
 )
 
-from lsslib.distill import make_plan, matching_loss
+from lsslib.distill import make_plan, matching_loss, plan_to
 from lsslib.models import convnet_forward, flops_per_image, init_flat
-from lsslib.tesla import SavedTensorMeter, plan_to
+from lsslib.tesla import SavedTensorMeter
 from lsslib.training import enable_tf32
 
 DSA = "color_crop_cutout_flip_scale_rotate"

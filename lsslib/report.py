@@ -30,12 +30,23 @@ __all__ = [
 ]
 
 
-def pick_device(device: str) -> torch.device:
-    """Validate a device string (``cpu``, ``cuda``, ``cuda:N``, ``mps``) and enable TF32 on CUDA.
+def pick_device(device: str, *, tf32: bool = True, tune_malloc: bool = True) -> torch.device:
+    """Validate a device string (``cpu``, ``cuda``, ``cuda:N``, ``mps``) and set it up.
+
+    Args:
+        device: the device string.
+        tf32: on CUDA, allow TF32 tensor cores (:func:`lsslib.training.enable_tf32`);
+            the distillation stage passes ``False`` to keep the unrolled loop in strict
+            fp32 (PAPER.md 2.6).
+        tune_malloc: on CPU, keep freed tensor memory in the heap
+            (:func:`lsslib.training.tune_cpu_malloc`; same results, faster, the process
+            keeps its peak memory).
 
     Raises:
         ValueError: unknown device, or a CUDA/MPS device that is not available here.
     """
+    from .training import enable_tf32, tune_cpu_malloc
+
     dev = str(device)
     if not (
         dev == "cpu"
@@ -51,12 +62,13 @@ def pick_device(device: str) -> torch.device:
             raise ValueError(
                 f"invalid parameter device={device!r}: no CUDA device is available here; use 'cpu'"
             )
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        enable_tf32(tf32)
     if dev == "mps" and not torch.backends.mps.is_available():
         raise ValueError(
             f"invalid parameter device={device!r}: MPS is not available here; use 'cpu'"
         )
+    if dev == "cpu" and tune_malloc:
+        tune_cpu_malloc()
     return torch.device(dev)
 
 

@@ -58,31 +58,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .augment import DSAParams
-from .distill import InnerPlan, _step_loss
+from .distill import InnerPlan, _step_loss, plan_to
 from .models import ConvNetSpec
-from .training import to_device
 
-__all__ = ["tesla_matching_loss", "plan_to", "SavedTensorMeter"]
-
-
-def plan_to(plan: InnerPlan, device: str | torch.device) -> InnerPlan:
-    """The plan with its index and DSA tensors already on ``device``.
-
-    Every inner step would otherwise copy them host-to-device (on CUDA a blocking
-    copy each, which stalls the GPU queue); with them moved once, in pinned
-    memory without blocking, those copies become no-ops. Same values.
-    """
-    dev = torch.device(device)
-    return InnerPlan(
-        [to_device(i, dev) for i in plan.indices],
-        [
-            None
-            if a is None
-            else DSAParams(a.family, {k: to_device(v, dev) for k, v in a.values.items()})
-            for a in plan.augment
-        ],
-    )
+__all__ = ["tesla_matching_loss", "SavedTensorMeter"]
 
 
 def tesla_matching_loss(

@@ -104,7 +104,7 @@ if IN_COLAB:
 data_cfg, model_cfg, distill_cfg = config.parse_stage(
     "distill", globals()
 )  # fails fast on bad input
-dev = report.pick_device(device)
+dev = report.pick_device(device, tf32=False)  # the unrolled loop stays in fp32 (PAPER.md 2.6)
 buffer = experts.ExpertBuffer(buffer_dir)
 real = data.load_data(data_cfg, dev)
 run = distill.Distiller(

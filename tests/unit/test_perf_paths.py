@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from lsslib.config import BufferConfig, DistillConfig, EvalConfig, ModelConfig
-from lsslib.distill import Distiller, _step_loss, make_plan, matching_loss
+from lsslib.distill import Distiller, _step_loss, make_plan, matching_loss, plan_to
 from lsslib.evaluate import evaluate_images
 from lsslib.experts import train_experts
 from lsslib.models import ConvNetSpec, convnet_forward, init_flat
-from lsslib.tesla import SavedTensorMeter, plan_to, tesla_matching_loss
+from lsslib.tesla import SavedTensorMeter, tesla_matching_loss
 from lsslib.training import (
     TrainState,
     accuracy,
