@@ -295,6 +295,7 @@ def run_info_markdown(
         f"Profile **{profile}** ({description.strip()}) · dataset **{dataset}** (the offline JPEG copy of CIFAR-10 where "
         "used: quality 75, so not bit-comparable with the official pickles) · hardware: "
         f"{hardware} · torch {torch.__version__} · lsslib {__version__} · date {date} · "
-        f"sum of stage wall times {total_seconds / 60:.1f} min.\n"
+        f"stage jobs {total_seconds / 60:.1f} min in all (jobs run side by side; the pipeline's own wall "
+        "time is on the Reproduce page).\n"
         ":::\n"
     )
