@@ -36,6 +36,8 @@ __all__ = [
     "load_profile",
     "stage_parameters",
     "parse_stage",
+    "baseline_parameters",
+    "BASELINE_KINDS",
     "STAGE_CONFIGS",
     "PROFILE_DIR",
 ]
@@ -508,11 +510,60 @@ def load_profile(profile: str | Path) -> dict[str, Any]:
     if unknown:
         _fail("profile key", sorted(unknown)[0], "one of " + ", ".join(sorted(_PROFILE_KEYS)))
     prof.setdefault("name", path.stem)
-    for run in prof.get("runs", {}):
+    runs = list(prof.get("runs") or {})
+    for run in runs:
         stage_parameters(prof, "distill", run)
         stage_parameters(prof, "evaluate", run)
     stage_parameters(prof, "buffers")
+    for name in prof.get("baselines") or {}:
+        baseline_parameters(prof, name)
+    for role, run in (prof.get("main") or {}).items():
+        check_choice("main role", role, ("lss", "mtt"))
+        check_choice(f"main.{role}", run, tuple(runs))
+    for kind, members in (prof.get("ablations") or {}).items():
+        check_choice("ablations kind", kind, ("rank", "schedule"))
+        for run in members:
+            check_choice(f"ablations.{kind} entry", run, tuple(runs))
     return prof
+
+
+#: Baselines a profile may evaluate beside its runs (notebooks/03_evaluate).
+BASELINE_KINDS = ("random_real", "full")
+
+
+def baseline_parameters(profile: Mapping[str, Any], name: str) -> tuple[str, int, dict[str, Any]]:
+    """The evaluate-stage parameters of one entry of a profile's ``baselines``.
+
+    An entry holds ``kind`` (``random_real`` or ``full``), ``real_ipc`` (images per
+    class of the random real subset) and optional eval overrides.
+
+    Returns:
+        ``(kind, real_ipc, flat)``: ``real_ipc`` is 0 for ``full``; ``flat`` holds the
+        data, model and eval parameters with the entry's overrides, validated.
+
+    Raises:
+        ValueError: unknown baseline or kind, a bad ``real_ipc``, a key that is no eval
+            parameter, or an invalid value.
+    """
+    baselines = profile.get("baselines") or {}
+    if name not in baselines:
+        _fail("baseline", name, "one of " + ", ".join(baselines))
+    spec = dict(baselines[name] or {})
+    kind = spec.pop("kind", None)
+    check_choice(f"baselines.{name}.kind", kind, BASELINE_KINDS)
+    real_ipc = spec.pop("real_ipc", None)
+    if kind == "random_real":
+        check_range(f"baselines.{name}.real_ipc", real_ipc, lo=1, integer=True)
+    flat: dict[str, Any] = {}
+    for block, cls in (("data", DataConfig), ("model", ModelConfig), ("eval", EvalConfig)):
+        flat.update({k: v for k, v in (profile.get(block) or {}).items() if k in cls.names()})
+    for k, v in spec.items():
+        if k not in EvalConfig.names():
+            _fail(f"baselines.{name}.{k}", v, "kind, real_ipc or an eval parameter")
+        flat[k] = v
+    for cls in (DataConfig, ModelConfig, EvalConfig):
+        cls.from_params(flat)
+    return kind, int(real_ipc or 0), flat
 
 
 def _block_names(block: str) -> set[str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,20 +116,15 @@ def _unpack_archive(archive: Path) -> Path:
     if marker.is_file():
         return dest
     tmp = dest.with_name(dest.name + ".partial")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)  # a previous unpack that was interrupted
     tmp.mkdir(parents=True)
     with tarfile.open(archive, "r:xz") as tar:
         tar.extractall(tmp, filter="data")
-    inner = [p for p in tmp.iterdir() if p.is_dir()]
-    src = tmp if (tmp / "train").is_dir() else inner[0]
-    if dest.exists():
-        import shutil
-
-        shutil.rmtree(dest)
-    src.rename(dest) if src != tmp else tmp.rename(dest)
+    # the archive holds train/ and test/ either at its top or inside one folder
+    src = tmp if (tmp / "train").is_dir() else next(p for p in tmp.iterdir() if p.is_dir())
+    shutil.rmtree(dest, ignore_errors=True)
+    src.rename(dest)
+    shutil.rmtree(tmp, ignore_errors=True)
     marker.touch()
     return dest
 

@@ -16,7 +16,6 @@ where it stopped and ends with the same tensors (bitwise on CPU).
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections.abc import Callable
 from functools import lru_cache
@@ -310,12 +309,3 @@ class ExpertBuffer:
 
     def __repr__(self) -> str:
         return f"ExpertBuffer({self.folder}, experts={self.num_experts}, epochs={self.epochs}, P={self.spec.num_params})"
-
-
-def mean_segment_distance(buffer: ExpertBuffer, start: int, length: int) -> float:
-    """Mean over experts of ||w*_{t+M} - w*_t||^2 (the loss denominator), for diagnostics."""
-    d = [
-        float((buffer.trajectory(i)[start + length] - buffer.trajectory(i)[start]).pow(2).sum())
-        for i in range(buffer.num_experts)
-    ]
-    return sum(d) / len(d) if d else math.nan

@@ -8,7 +8,6 @@ Figure numbers refer to the paper (Fig. 1, 3, 4, 5).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -321,9 +320,3 @@ def eval_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]]) -> 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
-
-
-def grid_shape(n: int) -> tuple[int, int]:
-    """Rows and columns of a near-square grid for ``n`` panels."""
-    cols = math.ceil(math.sqrt(n))
-    return math.ceil(n / cols), cols

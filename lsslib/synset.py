@@ -38,6 +38,7 @@ __all__ = [
     "layout",
     "images_per_class",
     "Storage",
+    "real_storage",
     "SynSet",
     "PixelSynSet",
     "LowRankSynSet",
@@ -174,6 +175,13 @@ class Storage:
         }
         d.update(used_floats=self.used_floats, total_bytes=self.total_bytes, fits=self.fits)
         return d
+
+
+def real_storage(num_images: int, num_classes: int, channels: int, side: int) -> Storage:
+    """Storage of ``num_images`` real images with hard labels (the baselines' sets):
+    every pixel a float, the budget equal to what is stored, no labels or syn_lr."""
+    floats = num_images * channels * side * side
+    return Storage(floats, floats, 0, 0, False, num_images // num_classes)
 
 
 def svd_factors(x: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -148,7 +148,8 @@ def gather_dsa_batch(
     """Gather ``x[idx]`` (``idx`` int64 ``[E, B]``) and apply one DSA call per network.
 
     The family and parameters of network ``e`` come from ``generators[e]``;
-    networks that drew the same family are augmented in one batched call.
+    networks that drew the same family are augmented in one batched call, written
+    in place (not differentiable in ``x``: for training data only).
 
     Returns:
         float ``[E, B, C, H, W]``.
@@ -159,9 +160,7 @@ def gather_dsa_batch(
     e, b = idx.shape
     dev = x.device
     params = [sample_dsa(strategy, b, x.shape[-1], g) for g in generators]
-    out = torch.empty_like(xb) if not xb.requires_grad else None
-    if out is None:  # differentiable path: keep it functional
-        return torch.stack([apply_dsa(xb[i], _params_to(p, dev)) for i, p in enumerate(params)])
+    out = torch.empty_like(xb)  # training data: no gradient flows to x here
     by_family: dict[str, list[int]] = {}
     for i, p in enumerate(params):
         by_family.setdefault(p.family, []).append(i)

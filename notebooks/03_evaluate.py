@@ -79,7 +79,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lsslib import config, data, distill, evaluate, models, plots, report
+from lsslib import config, data, distill, evaluate, models, plots, report, synset
 
 if IN_COLAB:
     device = "cuda"
@@ -91,7 +91,6 @@ real = data.load_data(data_cfg, dev)
 spec = models.ConvNetSpec.from_config(
     model_cfg, channels=real.channels, side=real.side, num_classes=real.num_classes
 )
-chw = real.channels * real.side * real.side
 
 if baseline == "synset":
     loaded = distill.load_synset(synset_dir, dev)
@@ -111,30 +110,12 @@ if baseline == "synset":
 elif baseline == "random_real":
     x, y = evaluate.random_real_subset(real, real_ipc, seed=eval_cfg.eval_seed)
     lr = eval_cfg.lr_eval or 0.01
-    floats = real_ipc * real.num_classes * chw
-    storage = {
-        "budget_floats": floats,
-        "image_floats": floats,
-        "label_floats": 0,
-        "lr_floats": 0,
-        "used_floats": floats,
-        "total_bytes": 4 * floats,
-        "images_per_class": real_ipc,
-    }
+    storage = synset.real_storage(len(x), real.num_classes, real.channels, real.side).to_dict()
     label = f"random real, {real_ipc} per class"
 else:
     x, y = real.x_train, real.y_train
     lr = eval_cfg.lr_eval or 0.01
-    floats = x.shape[0] * chw
-    storage = {
-        "budget_floats": floats,
-        "image_floats": floats,
-        "label_floats": 0,
-        "lr_floats": 0,
-        "used_floats": floats,
-        "total_bytes": 4 * floats,
-        "images_per_class": x.shape[0] // real.num_classes,
-    }
+    storage = synset.real_storage(len(x), real.num_classes, real.channels, real.side).to_dict()
     label = f"full training set ({x.shape[0]} images)"
 print(report.describe_device(dev))
 print(

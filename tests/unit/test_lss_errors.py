@@ -205,3 +205,35 @@ def test_stage_parameters_unknown_run_and_stage(tmp_path):
         stage_parameters(prof, "evaluate")
     with expect(["stage='train'", "'buffers'"]):
         stage_parameters(prof, "train", "lss")
+
+
+def test_load_profile_checks_baselines_main_and_ablations(tmp_path):
+    from lsslib.config import baseline_parameters
+
+    good = {
+        **GOOD_PROFILE,
+        "baselines": {"rr": {"kind": "random_real", "real_ipc": 2, "num_eval": 1}},
+    }
+    prof = load_profile(_write_profile(tmp_path, good))
+    kind, ipc, flat = baseline_parameters(prof, "rr")
+    assert (kind, ipc, flat["num_eval"]) == ("random_real", 2, 1)
+    cases = [
+        (
+            {"baselines": {"rr": {"kind": "realish"}}},
+            ["baselines.rr.kind='realish'", "random_real"],
+        ),
+        (
+            {"baselines": {"rr": {"kind": "random_real", "real_ipc": 0}}},
+            ["baselines.rr.real_ipc=0"],
+        ),
+        (
+            {"baselines": {"f": {"kind": "full", "rank": 4}}},
+            ["baselines.f.rank=4", "an eval parameter"],
+        ),
+        ({"main": {"lss": "nope"}}, ["main.lss='nope'", "allowed one of"]),
+        ({"ablations": {"rank": ["mtt", "nope"]}}, ["ablations.rank entry='nope'"]),
+        ({"ablations": {"width": []}}, ["ablations kind='width'", "'rank', 'schedule'"]),
+    ]
+    for extra, parts in cases:
+        with expect(parts):
+            load_profile(_write_profile(tmp_path, {**GOOD_PROFILE, **extra}))
