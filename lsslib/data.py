@@ -16,6 +16,15 @@ Where the data is looked for (:func:`find_data_root`), first hit wins:
 A root may hold an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``), a
 ``cifar10-jpeg.tar.xz`` archive of one (unpacked into the cache on first use), or
 torchvision's own files; with none of these, torchvision downloads.
+
+Cache keys. A decoded split is cached under ``<dataset>_<digest of the source
+path>_<split>``, and its metadata keeps the source's fingerprint (resolved path,
+size and modification times, :func:`source_fingerprint`): two different folders
+of one dataset never share a cache entry, and a source that changed since it was
+decoded (an archive replaced, a class folder added to or emptied) is decoded
+again. A file rewritten in place under an unchanged name inside a class folder
+is not detected; delete the cache folder then. The ZCA cache is keyed by a
+digest of the training pixels themselves, so it can never belong to other data.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import kornia.enhance as KE
 import torch
 from torch import Tensor
 
-from .artifacts import ArtifactError, load_artifact, save_artifact
+from .artifacts import ArtifactError, load_artifact, read_metadata, save_artifact
 from .config import DataConfig
 
 __all__ = [
@@ -40,11 +49,19 @@ __all__ = [
     "cache_dir",
     "load_data",
     "load_split_uint8",
+    "source_fingerprint",
+    "split_cache_stem",
     "class_balanced_indices",
     "Normaliser",
 ]
 
 _ARCHIVES = {"cifar10": "cifar10-jpeg.tar.xz"}
+#: torchvision's own file or folder of each dataset (what its loaders read).
+_TORCHVISION = {
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+    "svhn": "train_32x32.mat",
+}
 _MEANS = {
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
     "cifar100": ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]),
@@ -78,12 +95,7 @@ def _has_dataset(root: Path, dataset: str) -> bool:
         return True
     if dataset in _ARCHIVES and (root / "cifar10-jpeg" / "train").is_dir():
         return True
-    tv = {
-        "cifar10": "cifar-10-batches-py",
-        "cifar100": "cifar-100-python",
-        "svhn": "train_32x32.mat",
-    }
-    return dataset in tv and (root / tv[dataset]).exists()
+    return dataset in _TORCHVISION and (root / _TORCHVISION[dataset]).exists()
 
 
 def find_data_root(dataset: str, data_root: str | None = None) -> Path | None:
@@ -110,8 +122,73 @@ def find_data_root(dataset: str, data_root: str | None = None) -> Path | None:
     return None
 
 
+def _digest(text: str, n: int = 8) -> str:
+    # a stable digest: hash() of a str is salted per process
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def _source_path(dataset: str, root: Path | None) -> Path:
+    """The file or folder a split of ``dataset`` is read from under ``root``."""
+    if root is None:
+        return Path.cwd() / "data"  # torchvision downloads here
+    if (
+        dataset in _ARCHIVES
+        and (root / _ARCHIVES[dataset]).is_file()
+        and not (root / "train").is_dir()
+    ):
+        return root / _ARCHIVES[dataset]
+    if dataset == "cifar10" and (root / "cifar10-jpeg" / "train").is_dir():
+        return root / "cifar10-jpeg"
+    if (
+        not (root / "train").is_dir()
+        and dataset in ("cifar10", "cifar100")
+        and (root / _TORCHVISION[dataset]).is_dir()
+    ):
+        return root / _TORCHVISION[dataset]  # torchvision's pickled batches
+    return root  # an ImageFolder tree, or SVHN's two .mat files
+
+
+def source_fingerprint(path: str | Path) -> dict[str, object]:
+    """What identifies a data source on disk, JSON-serialisable.
+
+    For a file (an archive): its resolved path, size in bytes and modification
+    time (ns). For a folder: its resolved path and the modification times of the
+    folder, of its ``train``/``test`` folders and of every class folder in them
+    (a folder's time changes when an entry is added, removed or renamed). A
+    source that does not exist yet (torchvision will download) gives its path
+    alone.
+    """
+    p = Path(path).resolve()
+    if p.is_file():
+        st = p.stat()
+        return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if not p.is_dir():
+        return {"path": str(p)}
+    times = {".": p.stat().st_mtime_ns}
+    for split in ("train", "test"):
+        folder = p / split
+        if folder.is_dir():
+            times[split] = folder.stat().st_mtime_ns
+            for d in sorted(folder.iterdir()):
+                if d.is_dir():
+                    times[f"{split}/{d.name}"] = d.stat().st_mtime_ns
+    return {"path": str(p), "mtime_ns": times}
+
+
+def split_cache_stem(dataset: str, split: str, data_root: str | None = None) -> Path:
+    """Where :func:`load_split_uint8` caches a split (path without suffix).
+
+    ``<cache_dir>/<dataset>_<digest of the resolved source path>_<split>``.
+    """
+    src = _source_path(dataset, find_data_root(dataset, data_root))
+    return cache_dir() / f"{dataset}_{_digest(str(src.resolve()))}_{split}"
+
+
 def _unpack_archive(archive: Path) -> Path:
-    dest = cache_dir() / archive.name.replace(".tar.xz", "")
+    fp = source_fingerprint(archive)
+    dest = (
+        cache_dir() / f"{archive.name.replace('.tar.xz', '')}_{_digest(repr(sorted(fp.items())))}"
+    )
     marker = dest / ".complete"
     if marker.is_file():
         return dest
@@ -185,18 +262,14 @@ def load_split_uint8(
         ``(images, labels, classes)``: uint8 ``[N, C, H, W]``, int64 ``[N]``, class names.
     """
     root = find_data_root(dataset, data_root)
-    key = (
-        dataset
-        if dataset != "imagefolder"
-        # a stable digest of the folder: hash() of a str is salted per process
-        else f"imagefolder_{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]}"
-    )
-    stem = cache_dir() / f"{key}_{split}"
+    fingerprint = source_fingerprint(_source_path(dataset, root))
+    stem = split_cache_stem(dataset, split, data_root)
     try:
-        tensors, meta = load_artifact(stem, kind="dataset")
-        return tensors["images"], tensors["labels"], list(meta["classes"])
+        if read_metadata(stem, kind="dataset").get("fingerprint") == fingerprint:
+            tensors, meta = load_artifact(stem, kind="dataset")
+            return tensors["images"], tensors["labels"], list(meta["classes"])
     except ArtifactError:
-        pass
+        pass  # missing, stale or damaged: decode again
     if root is not None and dataset in _ARCHIVES and (root / _ARCHIVES[dataset]).is_file():
         if not (root / "train").is_dir():
             root = _unpack_archive(root / _ARCHIVES[dataset])
@@ -213,7 +286,7 @@ def load_split_uint8(
         stem,
         {"images": x, "labels": y},
         kind="dataset",
-        extra={"classes": classes, "source": source},
+        extra={"classes": classes, "source": source, "fingerprint": fingerprint},
     )
     return x, y, classes
 
@@ -314,9 +387,10 @@ def _fit_normaliser(dataset: str, x_train: Tensor, normalisation: str, eps: floa
     norm = Normaliser(mean, std)
     if normalisation != "zca":
         return norm
-    key = dataset
-    if dataset not in _MEANS:  # imagefolder: the name does not identify the images
-        key += "_" + hashlib.sha256(x_train.contiguous().cpu().numpy().tobytes()).hexdigest()[:12]
+    # keyed by the pixels: neither the dataset name nor the folder identifies them
+    buf = memoryview(x_train.contiguous().cpu().numpy()).cast("B")  # no copy
+    pixels = hashlib.sha256(buf).hexdigest()[:12]
+    key = f"{dataset}_{pixels}"
     stem = cache_dir() / f"{key}_zca_eps{eps:g}_n{len(x_train)}"
     try:
         t, _ = load_artifact(stem, kind="zca")

@@ -50,6 +50,7 @@ description: str = (
     "CIFAR-10, IPC 1, ConvNetD3 at width 32 on 500 images per class, sized for a 2-core CPU"
 )
 book_dir: str = "book/_generated"
+bench_records: str = "benchmarks/records"  # the stage benchmarks of record (JSON)
 main: dict = {"lss": "lss", "mtt": "mtt"}
 baselines: list = ["random_real", "full"]
 ablations: dict = {
@@ -116,6 +117,8 @@ buffer_meta = report.read_json(res / "buffers" / "buffer.json")
 report.write_table(summary.buffers_table(buffer_meta), tabs / "buffers")
 repro = summary.reproduce_table(res / "benchmarks")
 report.write_table(repro, tabs / "reproduce")
+# speed of each stage against its straightforward baseline (benchmarks/README.md)
+report.write_table(summary.speed_table(bench_records), tabs / "speed")
 repro
 
 # %% [markdown]

@@ -72,6 +72,13 @@ TABLES = {
             )
         ],
     ),
+    "speed": (
+        ["stage", "configuration", "device", "speed ratio", "GPU targets"],
+        [
+            [s, "PLACEHOLDER", "PLACEHOLDER", "PLACEHOLDER", "PLACEHOLDER"]
+            for s in ("experts", "distill", "evaluate")
+        ],
+    ),
     "buffers": (
         ["experts", "epochs", "final test accuracy (%)"],
         [["PLACEHOLDER", "PLACEHOLDER", "PLACEHOLDER"]],

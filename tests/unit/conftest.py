@@ -121,8 +121,22 @@ def lss_tiny_buffer(tmp_path_factory, lss_tiny_data):
     )
 
 
-#: Files of a decoded CIFAR-10 cache that make load_data(cifar10, zca) read only.
-CIFAR_CACHE_FILES = ("cifar10_train.json", "cifar10_test.json", "cifar10_zca_eps0.1_n50000.json")
+#: Globs of a decoded CIFAR-10 cache that make load_data(cifar10, zca) read only (the
+#: split files are also checked by name, below, for the archive the tests would use).
+CIFAR_CACHE_GLOBS = (
+    "cifar10_*_train.json",
+    "cifar10_*_test.json",
+    "cifar10_*_zca_eps0.1_n50000.json",
+)
+
+
+def _cifar_cache_complete(folder: Path) -> bool:
+    from lsslib.data import split_cache_stem
+
+    if not all(any(folder.glob(g)) for g in CIFAR_CACHE_GLOBS):
+        return False
+    names = [split_cache_stem("cifar10", split).name + ".json" for split in ("train", "test")]
+    return all((folder / name).is_file() for name in names)
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +150,7 @@ def lss_cifar_cache(tmp_path_factory) -> Path:
     cache instead.
     """
     for cand in (os.environ.get("LSS_CACHE_DIR"), REPO / "data" / "cache"):
-        if cand and all((Path(cand) / f).is_file() for f in CIFAR_CACHE_FILES):
+        if cand and Path(cand).is_dir() and _cifar_cache_complete(Path(cand)):
             return Path(cand)
     from lsslib.data import find_data_root
 

@@ -107,7 +107,7 @@ def test_real_cifar10_zca_round_trip(lss_cifar_cache, monkeypatch, tmp_path):
     assert err.mean() < 1e-5
     # ZCA was fitted on the whole training set, not the subset
     assert d.normaliser.zca_matrix.shape == (3072, 3072)
-    assert (lss_cifar_cache / "cifar10_zca_eps0.1_n50000.json").is_file()
+    assert any(lss_cifar_cache.glob("cifar10_*_zca_eps0.1_n50000.json"))
 
 
 def _write_imagefolder(root, seed: int, per_class: int = 3, side: int = 4):
@@ -188,3 +188,46 @@ def test_zca_cache_not_shared_between_imagefolders_of_equal_size(tmp_path, monke
         )
         norms.append(d.normaliser)
     assert not torch.equal(norms[0].zca_matrix, norms[1].zca_matrix)
+
+
+def test_two_cifar10_folders_do_not_share_a_cache(tmp_path, monkeypatch):
+    """The decoded-split cache is keyed by the source: two CIFAR-10 roots, two entries."""
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path / "cache"))
+    pa = _write_imagefolder(tmp_path / "a" / "cifar10-jpeg", seed=5, per_class=2)
+    pb = _write_imagefolder(tmp_path / "b" / "cifar10-jpeg", seed=6, per_class=3)
+    xa, ya, _ = lssdata.load_split_uint8("cifar10", "train", str(tmp_path / "a"))
+    xb, yb, _ = lssdata.load_split_uint8("cifar10", "train", str(tmp_path / "b"))
+    assert xa.shape[0] == 4 and xb.shape[0] == 6
+    assert torch.equal(xa[0], pa[("train", "ant", 0)])
+    assert torch.equal(xb[0], pb[("train", "ant", 0)])
+    assert len(list((tmp_path / "cache").glob("cifar10_*_train.json"))) == 2
+    # and each is read back from its own entry
+    xa2, _, _ = lssdata.load_split_uint8("cifar10", "train", str(tmp_path / "a"))
+    assert torch.equal(xa2, xa)
+
+
+def test_changed_source_is_decoded_again(tmp_path, monkeypatch):
+    """A class folder that gained an image invalidates the cached split."""
+    from PIL import Image
+
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path / "cache"))
+    _write_imagefolder(tmp_path / "imgs", seed=7, per_class=2)
+    x1, y1, _ = lssdata.load_split_uint8("imagefolder", "train", str(tmp_path / "imgs"))
+    extra = torch.full((4, 4, 3), 9, dtype=torch.uint8)
+    Image.fromarray(extra.numpy()).save(tmp_path / "imgs" / "train" / "cat" / "new.png")
+    x2, y2, _ = lssdata.load_split_uint8("imagefolder", "train", str(tmp_path / "imgs"))
+    assert x1.shape[0] == 4 and x2.shape[0] == 5
+    assert int((y2 == 1).sum()) == 3
+    assert any(torch.equal(img, extra.permute(2, 0, 1)) for img in x2)
+    # one entry per source folder, rewritten in place
+    assert len(list((tmp_path / "cache").glob("imagefolder_*_train.json"))) == 1
+
+
+def test_zca_cache_is_keyed_by_pixels_for_named_datasets(tmp_path, monkeypatch):
+    """Two different CIFAR-10-shaped training sets of equal size get their own ZCA."""
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path))
+    g = torch.Generator().manual_seed(8)
+    xs = [torch.randint(0, 256, (40, 3, 2, 2), generator=g, dtype=torch.uint8) for _ in range(2)]
+    n1, n2 = (lssdata._fit_normaliser("cifar10", x, "zca", 0.1) for x in xs)
+    assert not torch.equal(n1.zca_matrix, n2.zca_matrix)
+    assert len(list(tmp_path.glob("cifar10_*_zca_eps0.1_n40.json"))) == 2
