@@ -213,12 +213,14 @@ def _speed_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         )
     targets = rec.get("gpu_targets")
     if targets is None:
-        target_text = "not applicable (CPU run)" if rec["device"] == "cpu" else "not checked"
+        target_text = "n/a (CPU run)" if rec["device"] == "cpu" else "not checked"
     else:
         target_text = ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in targets.items())
     return {
         "stage": bench,
-        "configuration": setup + (" (DSA on)" if cfg.get("dsa") else " (no DSA)"),
+        "configuration": setup
+        + (" (DSA on)" if cfg.get("dsa") else " (no DSA)")
+        + (", malloc not tuned" if rec["device"] == "cpu" and not rec.get("malloc_tuned") else ""),
         "device": f"{rec['device_string']}; torch {rec['torch']}; {rec['date_utc'][:10]}",
         "optimised (median)": opt,
         "baseline (median)": bas,

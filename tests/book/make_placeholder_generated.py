@@ -79,6 +79,13 @@ TABLES = {
             for s in ("experts", "distill", "evaluate")
         ],
     ),
+    "speed_runs": (
+        ["stage", "configuration", "device", "command"],
+        [
+            [s, "PLACEHOLDER", "PLACEHOLDER", "PLACEHOLDER"]
+            for s in ("experts", "distill", "evaluate")
+        ],
+    ),
     "buffers": (
         ["experts", "epochs", "final test accuracy (%)"],
         [["PLACEHOLDER", "PLACEHOLDER", "PLACEHOLDER"]],

@@ -37,7 +37,9 @@ def test_speed_table_has_one_row_per_record_with_its_ratios():
             assert f"checkpointed {rat['checkpointed']['speed_vs_unrolled_median']}x" in ratio
         assert rec["date_utc"][:10] in row["device"].item()
         assert rec["torch"] in row["device"].item()
-        assert row["GPU targets"].item() == "not applicable (CPU run)"
+        assert row["GPU targets"].item() == "n/a (CPU run)"
+        tuned = "malloc not tuned" not in row["configuration"].item()
+        assert tuned == rec["malloc_tuned"]
 
 
 def test_speed_table_marks_gpu_targets(tmp_path):
