@@ -129,8 +129,9 @@ def _digest(text: str, n: int = 8) -> str:
 
 def _source_path(dataset: str, root: Path | None) -> Path:
     """The file or folder a split of ``dataset`` is read from under ``root``."""
-    if root is None:
-        return Path.cwd() / "data"  # torchvision downloads here
+    if root is None:  # torchvision downloads into ./data: name what will be there
+        root = Path.cwd() / "data"
+        return root / _TORCHVISION[dataset] if dataset in ("cifar10", "cifar100") else root
     if (
         dataset in _ARCHIVES
         and (root / _ARCHIVES[dataset]).is_file()
@@ -282,6 +283,8 @@ def load_split_uint8(
         dl_root = root or (Path.cwd() / "data")
         x, y, classes = _torchvision_split(dataset, dl_root, split)
         source = f"torchvision:{dl_root}"
+        # fingerprint what is on disk now (a download has just created it)
+        fingerprint = source_fingerprint(_source_path(dataset, find_data_root(dataset, data_root)))
     save_artifact(
         stem,
         {"images": x, "labels": y},

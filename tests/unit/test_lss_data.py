@@ -231,3 +231,24 @@ def test_zca_cache_is_keyed_by_pixels_for_named_datasets(tmp_path, monkeypatch):
     n1, n2 = (lssdata._fit_normaliser("cifar10", x, "zca", 0.1) for x in xs)
     assert not torch.equal(n1.zca_matrix, n2.zca_matrix)
     assert len(list(tmp_path.glob("cifar10_*_zca_eps0.1_n40.json"))) == 2
+
+
+def test_downloaded_dataset_is_decoded_once(tmp_path, monkeypatch):
+    """After torchvision downloads, the next load finds the same cache entry (no second decode)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(lssdata, "_candidates", lambda _root: [tmp_path / "data"])
+    calls = []
+
+    def fake_download(dataset, root, split):  # what torchvision leaves behind
+        calls.append((dataset, root, split))
+        (root / "cifar-10-batches-py").mkdir(parents=True, exist_ok=True)
+        return torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"]
+
+    monkeypatch.setattr(lssdata, "_torchvision_split", fake_download)
+    assert lssdata.find_data_root("cifar10") is None
+    x1, y1, _ = lssdata.load_split_uint8("cifar10", "train")
+    assert lssdata.find_data_root("cifar10") == tmp_path / "data"
+    x2, y2, _ = lssdata.load_split_uint8("cifar10", "train")
+    assert len(calls) == 1 and calls[0][1] == tmp_path / "data"
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
