@@ -435,7 +435,7 @@ class Distiller:
         ]
         if not math.isfinite(loss.item()) or any(not torch.isfinite(gr).all() for gr in grads):
             raise NumericalFault(
-                f"iteration {self.iteration}: non-finite loss or gradient (loss={float(loss)}); the last good "
+                f"iteration {self.iteration}: non-finite loss or gradient (loss={loss.detach().item()}); the last good "
                 f"checkpoint is {self.out_dir / 'checkpoint.json'}. Lower lr_img/lr_factors or lr_lr."
             )
         for opt in self.opts.values():

@@ -252,3 +252,33 @@ def test_downloaded_dataset_is_decoded_once(tmp_path, monkeypatch):
     x2, y2, _ = lssdata.load_split_uint8("cifar10", "train")
     assert len(calls) == 1 and calls[0][1] == tmp_path / "data"
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_imagefolder_decodes_any_mode_to_rgb_like_torchvision(tmp_path, monkeypatch):
+    """Grey, palette and JPEG files all come out as RGB uint8, equal to torchvision's decoder."""
+    import warnings
+
+    from PIL import Image
+
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path / "cache"))
+    g = torch.Generator().manual_seed(9)
+    rgb = torch.randint(0, 256, (8, 8, 3), generator=g, dtype=torch.uint8).numpy()
+    grey = torch.randint(0, 256, (8, 8), generator=g, dtype=torch.uint8).numpy()
+    for split in ("train", "test"):
+        folder = tmp_path / "imgs" / split / "a"
+        folder.mkdir(parents=True)
+        Image.fromarray(grey, mode="L").save(folder / "0_grey.png")
+        Image.fromarray(rgb).convert("P").save(folder / "1_palette.png")
+        Image.fromarray(rgb).save(folder / "2_photo.jpg", quality=75)
+    x, _, _ = lssdata.load_split_uint8("imagefolder", "train", str(tmp_path / "imgs"))
+    assert x.shape == (3, 3, 8, 8) and x.dtype == torch.uint8
+    assert all(torch.equal(x[0, c], torch.from_numpy(grey)) for c in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tvio = pytest.importorskip("torchvision.io")
+        if not hasattr(tvio, "decode_image"):
+            pytest.skip("this torchvision has no image decoder")
+        folder = tmp_path / "imgs" / "train" / "a"
+        for i, name in enumerate(["0_grey.png", "1_palette.png", "2_photo.jpg"]):
+            ref = tvio.decode_image(tvio.read_file(str(folder / name)), mode=tvio.ImageReadMode.RGB)
+            assert torch.equal(x[i], ref), name

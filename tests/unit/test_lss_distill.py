@@ -107,12 +107,12 @@ def test_nan_in_images_raises_numerical_fault_without_updating(
     with torch.no_grad():
         d.synset.pixels[0, 0, 0, 0] = float("nan")
     labels_before = d.labels.logits.detach().clone()
-    lr_before = float(d.syn_lr)
+    lr_before = float(d.syn_lr.detach())
     with pytest.raises(NumericalFault, match="iteration 0: non-finite"):
         d.step()
     assert d.iteration == 0 and d.log == []
     assert torch.equal(d.labels.logits.detach(), labels_before)
-    assert float(d.syn_lr) == lr_before
+    assert float(d.syn_lr.detach()) == lr_before
 
 
 def test_syn_lr_is_clamped_at_its_floor(lss_tiny_buffer, lss_tiny_data, tmp_path):
@@ -123,7 +123,7 @@ def test_syn_lr_is_clamped_at_its_floor(lss_tiny_buffer, lss_tiny_data, tmp_path
     with torch.no_grad():
         d.syn_lr.fill_(0.0005)  # as if an update had lowered it
     d.step()
-    assert float(d.syn_lr) == pytest.approx(1e-3)
+    assert float(d.syn_lr.detach()) == pytest.approx(1e-3)
     assert d.clamped == 1
 
 
@@ -147,7 +147,7 @@ def test_save_and_load_synset_round_trip(lss_tiny_buffer, lss_tiny_data, tmp_pat
     d.run()
     loaded = load_synset(tmp_path)
     assert loaded.synset.kind == "lowrank"
-    assert loaded.syn_lr == pytest.approx(float(d.syn_lr))
+    assert loaded.syn_lr == pytest.approx(float(d.syn_lr.detach()))
     x, y = loaded.export()
     x_ref, idx = d.synset.export()
     assert torch.equal(x, x_ref.detach())
