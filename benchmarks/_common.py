@@ -349,6 +349,12 @@ def summarise(times: list[tuple[float, float]]) -> dict[str, Any]:
     }
 
 
+def of_peak(result: dict[str, Any]) -> str:
+    """`` = 12.34% of peak`` for a printed line, or nothing when no peak is known."""
+    f = result["fraction_of_peak"]
+    return "" if f is None else f" = {100 * f:.2f}% of peak"
+
+
 def mib(b: float) -> float:
     return round(b / 2**20, 1)
 

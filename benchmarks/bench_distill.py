@@ -63,6 +63,7 @@ from _common import (
     header,
     interleaved_times,
     mib,
+    of_peak,
     recheck_peak,
     setup,
     spec_of,
@@ -226,11 +227,7 @@ def main() -> None:
         )
     )
     for mode, r in results.items():
-        frac = (
-            ""
-            if r["fraction_of_peak"] is None
-            else f" = {100 * r['fraction_of_peak']:.2f}% of peak"
-        )
+        frac = of_peak(r)
         print(
             f"   {mode:12s} {r['image_steps_per_s']:10.1f} image-steps/s (median "
             f"{r['image_steps_per_s_median']:.1f})  {r['tflops']:.4f} TFLOP/s{frac}  peak mem "

@@ -41,6 +41,7 @@ from _common import (
     header,
     interleaved_times,
     mib,
+    of_peak,
     recheck_peak,
     setup,
     spec_of,
@@ -185,11 +186,7 @@ def main() -> None:
     }
     print(f"   FLOPs   {flops / 1e12:.4f} TFLOP per evaluation ({args.nets} nets)")
     for name, r in results.items():
-        frac = (
-            ""
-            if r["fraction_of_peak"] is None
-            else f" = {100 * r['fraction_of_peak']:.2f}% of peak"
-        )
+        frac = of_peak(r)
         print(
             f"   {name:11s} {r['best_s']:8.2f} s (median {r['median_s']:.2f})  "
             f"{r['train_images_per_s']:.1f} train img/s  {r['tflops']:.4f} TFLOP/s{frac}  "

@@ -43,6 +43,7 @@ from _common import (
     header,
     interleaved_times,
     mib,
+    of_peak,
     recheck_peak,
     setup,
     spec_of,
@@ -180,11 +181,7 @@ def main() -> None:
     )
     for name in names:
         r = results[name]
-        frac = (
-            ""
-            if r["fraction_of_peak"] is None
-            else f" = {100 * r['fraction_of_peak']:.2f}% of peak"
-        )
+        frac = of_peak(r)
         print(
             f"   {name:14s} {r['images_per_s']:10.1f} img/s (median {r['images_per_s_median']:.1f})  "
             f"{r['tflops']:.4f} TFLOP/s{frac}  peak mem {r['peak_mem_mib']} MiB "

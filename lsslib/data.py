@@ -181,8 +181,11 @@ def split_cache_stem(dataset: str, split: str, data_root: str | None = None) -> 
 
     ``<cache_dir>/<dataset>_<digest of the resolved source path>_<split>``.
     """
-    src = _source_path(dataset, find_data_root(dataset, data_root))
-    return cache_dir() / f"{dataset}_{_digest(str(src.resolve()))}_{split}"
+    return _split_stem(dataset, split, _source_path(dataset, find_data_root(dataset, data_root)))
+
+
+def _split_stem(dataset: str, split: str, source: Path) -> Path:
+    return cache_dir() / f"{dataset}_{_digest(str(source.resolve()))}_{split}"
 
 
 def _unpack_archive(archive: Path) -> Path:
@@ -267,28 +270,26 @@ def load_split_uint8(
         ``(images, labels, classes)``: uint8 ``[N, C, H, W]``, int64 ``[N]``, class names.
     """
     root = find_data_root(dataset, data_root)
-    fingerprint = source_fingerprint(_source_path(dataset, root))
-    stem = split_cache_stem(dataset, split, data_root)
+    src = _source_path(dataset, root)
+    stem = _split_stem(dataset, split, src)
+    fingerprint = source_fingerprint(src)
     try:
         if read_metadata(stem, kind="dataset").get("fingerprint") == fingerprint:
             tensors, meta = load_artifact(stem, kind="dataset")
             return tensors["images"], tensors["labels"], list(meta["classes"])
     except ArtifactError:
         pass  # missing, stale or damaged: decode again
-    if root is not None and dataset in _ARCHIVES and (root / _ARCHIVES[dataset]).is_file():
-        if not (root / "train").is_dir():
-            root = _unpack_archive(root / _ARCHIVES[dataset])
-    if root is not None and (root / "cifar10-jpeg" / "train").is_dir() and dataset == "cifar10":
-        root = root / "cifar10-jpeg"
-    if root is not None and (root / "train").is_dir():
-        x, y, classes = _decode_imagefolder(root, split)
-        source = str(root)
+    if dataset in _ARCHIVES and src.name == _ARCHIVES[dataset] and src.is_file():
+        x, y, classes = _decode_imagefolder(_unpack_archive(src), split)
+        source = str(src)
+    elif (src / "train").is_dir():
+        x, y, classes = _decode_imagefolder(src, split)
+        source = str(src)
     else:
         dl_root = root or (Path.cwd() / "data")
         x, y, classes = _torchvision_split(dataset, dl_root, split)
         source = f"torchvision:{dl_root}"
-        # fingerprint what is on disk now (a download has just created it)
-        fingerprint = source_fingerprint(_source_path(dataset, find_data_root(dataset, data_root)))
+        fingerprint = source_fingerprint(src)  # what a download has just created
     save_artifact(
         stem,
         {"images": x, "labels": y},

@@ -154,6 +154,11 @@ def _mem(r: Mapping[str, Any]) -> str:
     return f"{r['peak_mem_mib']:,.0f} MiB"
 
 
+def _pct(r: Mapping[str, Any]) -> str:
+    f = r["fraction_of_peak"]
+    return "-" if f is None else f"{100 * f:.0f} %"
+
+
 def _speed_row(rec: Mapping[str, Any]) -> dict[str, Any]:
     """One benchmark record (the JSON line of a ``benchmarks/bench_*.py`` run) as a table row."""
     cfg, res, rat = rec["config"], rec["results"], rec["ratios"]
@@ -169,7 +174,7 @@ def _speed_row(rec: Mapping[str, Any]) -> dict[str, Any]:
             f"{rat['together_vs_one_at_a_time_cpu_time']}x CPU time)"
         )
         mem = f"{_mem(tog)} / {_mem(base)}"
-        frac = tog["fraction_of_peak"]
+        frac = _pct(tog)
     elif bench == "evaluate":
         tog, base = res["together"], res["sequential"]
         setup = f"{cfg['model']}, {cfg['nets']} nets x {cfg['epochs']} epochs on {cfg['images']:,} images"
@@ -180,7 +185,7 @@ def _speed_row(rec: Mapping[str, Any]) -> dict[str, Any]:
             f"{rat['together_vs_sequential_cpu_time']}x CPU time)"
         )
         mem = f"{_mem(tog)} / {_mem(base)}"
-        frac = tog["fraction_of_peak"]
+        frac = _pct(tog)
     elif bench == "distill":
         base = res["unrolled"]
         # the benchmark's memory ratio: allocator peaks on CUDA, RSS added by the run on CPU
@@ -206,7 +211,7 @@ def _speed_row(rec: Mapping[str, Any]) -> dict[str, Any]:
             )
             + f"; unrolled {_mem(base)}"
         )
-        frac = res[modes[0]]["fraction_of_peak"] if modes else base["fraction_of_peak"]
+        frac = "; ".join(f"{m} {_pct(res[m])}" for m in [*modes, "unrolled"])
     else:
         raise ValueError(
             f"invalid benchmark record bench={bench!r}: allowed experts, evaluate, distill"
@@ -226,7 +231,7 @@ def _speed_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         "baseline (median)": bas,
         "speed ratio": ratio,
         "peak memory": mem,
-        "fraction of peak": None if frac is None else f"{100 * frac:.0f} %",
+        "fraction of peak": frac,
         "GPU targets": target_text,
         "command": rec["command"],
     }
