@@ -62,7 +62,7 @@ data: setup
 pipeline: setup
 	$(PY) workflow/scripts/timed.py --out results/$(PROFILE)/pipeline_time.txt \
 	  --keep-if "Nothing to be done" --keep-if "This was a dry-run" -- \
-	  $(SNAKEMAKE) --configfile workflow/profiles/$(PROFILE).yaml \
+	  $(SNAKEMAKE) --configfile lsslib/_profiles/$(PROFILE).yaml \
 	  --config device=$(DEVICE) --cores $(CORES) --rerun-incomplete --show-failed-logs \
 	  $(SNAKEFLAGS)
 	@if [[ -f results/$(PROFILE)/pipeline_time.txt && -d book/_generated ]]; then \
@@ -71,7 +71,7 @@ pipeline: setup
 # After a crash or a kill, Snakemake keeps its lock: release it, then rerun
 # `make pipeline` (or `make book`), which redoes only unfinished jobs.
 unlock: setup
-	$(SNAKEMAKE) --configfile workflow/profiles/$(PROFILE).yaml --unlock
+	$(SNAKEMAKE) --configfile lsslib/_profiles/$(PROFILE).yaml --unlock
 
 book: pipeline
 	bash book/build.sh
@@ -108,8 +108,8 @@ notebooks-paired: setup
 
 dry-runs: setup
 	@for p in $(PROFILES); do \
-	  echo "snakemake -n --configfile workflow/profiles/$$p.yaml"; \
-	  out=$$($(SNAKEMAKE) --configfile workflow/profiles/$$p.yaml -n 2>&1) || { echo "$$out"; exit 1; }; \
+	  echo "snakemake -n --configfile lsslib/_profiles/$$p.yaml"; \
+	  out=$$($(SNAKEMAKE) --configfile lsslib/_profiles/$$p.yaml -n 2>&1) || { echo "$$out"; exit 1; }; \
 	  echo "$$out" | grep -m1 -E '^(total|Nothing to be done)' || true; \
 	done
 

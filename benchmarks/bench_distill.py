@@ -1,13 +1,13 @@
 """Benchmark of the distillation stage: gradient modes of the trajectory-matching loss.
 
-What runs: ``lsslib.distill.matching_loss`` (one distillation iteration's loss
+What runs: ``lsslib.matching.matching_loss`` (one distillation iteration's loss
 and gradients) with ``--syn-steps`` inner SGD steps of ``--batch-syn`` synthetic
 images each (DSA on every batch), on random CIFAR-shaped synthetic images
 (a leaf tensor) with soft labels (softmax of a logits leaf), a learnable
 syn_lr, and an expert segment made of a random ConvNet (``start``) and the
 same net after a few SGD steps on random CIFAR-shaped images (``target``).
 All modes share one plan (batch indices, DSA draws), moved to the device once
-(``lsslib.distill.plan_to``).
+(``lsslib.plan.plan_to``).
 
 * ``unrolled`` -- the straightforward baseline: MTT's whole graph of all inner steps;
 * ``checkpointed`` -- exact, keeps only the N+1 parameter vectors and
@@ -70,8 +70,9 @@ from _common import (
     summarise,
 )
 
-from lsslib.distill import make_plan, matching_loss, plan_to
+from lsslib.matching import matching_loss
 from lsslib.models import convnet_forward, flops_per_image, init_flat
+from lsslib.plan import make_plan, plan_to
 from lsslib.tesla import SavedTensorMeter
 from lsslib.training import enable_tf32
 

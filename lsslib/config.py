@@ -1,8 +1,8 @@
-"""Stage parameters as validated dataclasses, and the experiment profiles.
+"""Stage parameters as validated dataclasses.
 
 Every stage (expert buffers, distillation, evaluation) takes its parameters as a
 flat mapping -- the papermill parameters of its notebook, or a block of a profile
-YAML -- and turns them into frozen dataclasses here. Validation happens in
+(:mod:`lsslib.profiles`) -- and turns them into frozen dataclasses here. Validation happens in
 ``__post_init__`` so that a typo costs seconds: every error is a ``ValueError``
 that names the parameter, the value and what is allowed, and is raised before any
 data is loaded or any network is built.
@@ -19,10 +19,10 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
-import yaml
+from . import parameterisations
+from .parameterisations import Budget, Layout
 
 __all__ = [
     "DATASETS",
@@ -33,13 +33,8 @@ __all__ = [
     "EvalConfig",
     "check_choice",
     "check_range",
-    "load_profile",
-    "stage_parameters",
     "parse_stage",
-    "baseline_parameters",
-    "BASELINE_KINDS",
     "STAGE_CONFIGS",
-    "PROFILE_DIR",
 ]
 
 #: Known datasets: name -> (channels C, image side H = W, classes K).
@@ -53,14 +48,10 @@ DATASETS: dict[str, tuple[int, int, int]] = {
 NORMALISATIONS = ("zca", "meanstd", "none")
 NORMS = ("instancenorm", "batchnorm", "none")
 POOLINGS = ("avgpool", "maxpool", "none")
-PARAMETERISATIONS = ("pixels", "lowrank", "lowrank_global", "two_sided")
 SCHEDULES = ("fixed", "linear", "stair")
 GRAD_MODES = ("unrolled", "checkpointed", "tesla")
 INITS = ("real", "noise")
 DSA_FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
-
-#: Folder of the bundled profiles (``smoke``, ``cpu``, ``paper``).
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "workflow" / "profiles"
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
@@ -247,11 +238,14 @@ class DistillConfig(_Params):
     """Trajectory matching with a low-rank or pixel synthetic set (PAPER.md 2.1-2.6).
 
     Attributes:
-        parameterisation: ``pixels`` (MTT), ``lowrank`` (LSS: U per class and subspace),
-            ``lowrank_global`` (one U per subspace for all classes), ``two_sided`` (U B_j Q).
+        parameterisation: a registered parameterisation (:mod:`lsslib.parameterisations`;
+            the default is the paper's method, :data:`lsslib.parameterisations.DEFAULT`).
         ipc: storage budget in images per class: B = ipc * K * C * H * W floats.
-        rank: rank r of the mappers (``lowrank*``, ``two_sided``); must be < image side.
+        rank: rank r of the mappers (parameterisations with ``uses_rank``); < image side.
         subspaces: S subspaces per class (random mapper/basis pairing when S > 1).
+        parameterisation_options: options of the parameterisation's own (its unit's
+            ``options``, e.g. how many DCT coefficients a frequency-domain set keeps);
+            ``None`` = its defaults.
         soft_labels: learn soft labels initialised by DATM's rule; else hard labels.
         lr_y: learning rate of the soft labels (SGD, momentum 0.9).
         strict_budget: count soft labels inside the budget B.
@@ -264,7 +258,7 @@ class DistillConfig(_Params):
         schedule_start: T_cur, the initial upper bound (``None`` = T_max / 2, rounded up).
         schedule_iterations: E, iterations to reach T_max (``None`` = ``iterations``).
         stair_every: ``stair``: iterations between steps of +1 epoch on the upper bound.
-        lr_img: learning rate of the pixels (``pixels``).
+        lr_img: learning rate of a set whose tensors are pixels.
         lr_factors: learning rate of mappers and bases (``None`` = ``lr_img``).
         lr_lr: learning rate of syn_lr.
         syn_lr_init: initial syn_lr (the student's step size).
@@ -282,10 +276,11 @@ class DistillConfig(_Params):
         max_batch_syn: upper bound on the synthetic batch (memory guard; PAPER.md 2.11).
     """
 
-    parameterisation: str = "lowrank"
+    parameterisation: str = parameterisations.DEFAULT
     ipc: int = 1
     rank: int = 4
     subspaces: int = 1
+    parameterisation_options: dict[str, Any] | None = None
     soft_labels: bool = True
     lr_y: float = 5.0
     strict_budget: bool = False
@@ -314,7 +309,7 @@ class DistillConfig(_Params):
     max_batch_syn: int = 4096
 
     def __post_init__(self) -> None:
-        check_choice("parameterisation", self.parameterisation, PARAMETERISATIONS)
+        check_choice("parameterisation", self.parameterisation, parameterisations.names())
         check_range("ipc", self.ipc, lo=1, integer=True)
         check_range("rank", self.rank, lo=1, integer=True)
         check_range("subspaces", self.subspaces, lo=1, integer=True)
@@ -355,8 +350,7 @@ class DistillConfig(_Params):
         check_range("distill_seed", self.distill_seed, lo=0, integer=True)
         check_choice("grad_mode", self.grad_mode, GRAD_MODES)
         check_range("checkpoint_every", self.checkpoint_every, lo=1, integer=True)
-        if self.parameterisation == "pixels" and self.subspaces != 1:
-            _fail("subspaces", self.subspaces, "1 when parameterisation='pixels'")
+        parameterisations.get(self.parameterisation).check(rank=self.rank, subspaces=self.subspaces)
 
     @property
     def upper_start(self) -> int:
@@ -365,35 +359,51 @@ class DistillConfig(_Params):
             return self.schedule_start
         return max(self.min_start_epoch, math.ceil(self.max_start_epoch / 2))
 
+    def budget(self, *, channels: int, side: int, num_classes: int) -> Budget:
+        """The storage budget of this run for data of shape (C, H = W, K) (PAPER.md 2.2)."""
+        return Budget(
+            self.ipc,
+            self.rank,
+            self.subspaces,
+            channels,
+            side,
+            num_classes,
+            self.soft_labels,
+            self.strict_budget,
+            dict(self.parameterisation_options or {}),
+        )
+
     def check_against(
         self, *, channels: int, side: int, num_classes: int, buffer_epochs: int | None = None
-    ) -> None:
-        """Cross-field rules that need the data shape or the buffer.
+    ) -> Layout:
+        """Cross-field rules that need the data shape or the buffer; solve the layout once.
+
+        The layout (how many images the budget holds) comes from the parameterisation's
+        unit in :mod:`lsslib.parameterisations`; callers carry the returned
+        :class:`~lsslib.parameterisations.Layout` to the distillation instead of
+        solving it again.
 
         Args:
             channels, side, num_classes: C, H (= W) and K of the dataset.
             buffer_epochs: epochs stored in the expert buffer (``None`` = skip the check).
 
-        Raises:
-            ValueError: rank r >= image side; a budget too small for one image per
-                class; ``max_start_epoch + expert_epochs`` beyond the buffer's epochs;
-                ``batch_syn`` larger than the synthetic set.
-        """
-        from .synset import images_per_class  # local import: synset imports config
+        Returns:
+            The :class:`~lsslib.parameterisations.Layout` of this run.
 
-        if self.parameterisation != "pixels" and self.rank >= side:
-            _fail("rank", self.rank, f"an integer in [1, {side - 1}] (below the image side {side})")
-        n = images_per_class(
-            self.parameterisation,
-            ipc=self.ipc,
+        Raises:
+            ValueError: the unit's rules (e.g. rank r >= image side); a budget too small
+                for one image per class; ``max_start_epoch + expert_epochs`` beyond the
+                buffer's epochs; ``batch_syn`` larger than the synthetic set.
+        """
+        unit = parameterisations.get(self.parameterisation)
+        unit.check(
             rank=self.rank,
             subspaces=self.subspaces,
-            channels=channels,
             side=side,
-            num_classes=num_classes,
-            soft_labels=self.soft_labels,
-            strict_budget=self.strict_budget,
+            options=self.parameterisation_options,
         )
+        lay = unit.solve(self.budget(channels=channels, side=side, num_classes=num_classes))
+        n = lay.images_per_class
         if n < 1:
             _fail(
                 "ipc",
@@ -419,6 +429,7 @@ class DistillConfig(_Params):
                 None,
                 f"an explicit bound: the set has {total} images, more than max_batch_syn={self.max_batch_syn}",
             )
+        return lay
 
 
 @dataclass(frozen=True)
@@ -466,170 +477,6 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "distill": (DataConfig, ModelConfig, DistillConfig),
     "evaluate": (DataConfig, ModelConfig, EvalConfig),
 }
-
-_PROFILE_KEYS = {
-    "name",
-    "description",
-    "hardware",
-    "data",
-    "model",
-    "buffers",
-    "distill",
-    "eval",
-    "runs",
-    "baselines",
-    "main",
-    "ablations",
-}
-
-
-def load_profile(profile: str | Path) -> dict[str, Any]:
-    """Read and validate an experiment profile.
-
-    Args:
-        profile: a bundled profile name (``smoke``, ``cpu``, ``paper``) or a YAML path.
-
-    Returns:
-        The profile as a dict (``data``, ``model``, ``buffers``, ``distill``, ``eval``,
-        ``runs``, ``main``, ``ablations`` ...). Every run is checked by building its
-        configs, so a bad profile fails here, before any work.
-
-    Raises:
-        ValueError: unknown profile, unknown top-level key, unknown parameter in a
-            block, or any invalid parameter of any run.
-    """
-    path = Path(profile)
-    if not path.suffix:
-        path = PROFILE_DIR / f"{profile}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
-        _fail("profile", str(profile), "a YAML file or one of " + ", ".join(known))
-    with open(path) as fh:
-        prof = yaml.safe_load(fh) or {}
-    unknown = set(prof) - _PROFILE_KEYS
-    if unknown:
-        _fail("profile key", sorted(unknown)[0], "one of " + ", ".join(sorted(_PROFILE_KEYS)))
-    prof.setdefault("name", path.stem)
-    runs = list(prof.get("runs") or {})
-    for run in runs:
-        stage_parameters(prof, "distill", run)
-        stage_parameters(prof, "evaluate", run)
-    stage_parameters(prof, "buffers")
-    for name in prof.get("baselines") or {}:
-        baseline_parameters(prof, name)
-    for role, run in (prof.get("main") or {}).items():
-        check_choice("main role", role, ("lss", "mtt"))
-        check_choice(f"main.{role}", run, tuple(runs))
-    for kind, members in (prof.get("ablations") or {}).items():
-        check_choice("ablations kind", kind, ("rank", "schedule"))
-        for run in members:
-            check_choice(f"ablations.{kind} entry", run, tuple(runs))
-    return prof
-
-
-#: Baselines a profile may evaluate beside its runs (notebooks/03_evaluate).
-BASELINE_KINDS = ("random_real", "full")
-
-
-def baseline_parameters(profile: Mapping[str, Any], name: str) -> tuple[str, int, dict[str, Any]]:
-    """The evaluate-stage parameters of one entry of a profile's ``baselines``.
-
-    An entry holds ``kind`` (``random_real`` or ``full``), ``real_ipc`` (images per
-    class of the random real subset) and optional eval overrides.
-
-    Returns:
-        ``(kind, real_ipc, flat)``: ``real_ipc`` is 0 for ``full``; ``flat`` holds the
-        data, model and eval parameters with the entry's overrides, validated.
-
-    Raises:
-        ValueError: unknown baseline or kind, a bad ``real_ipc``, a key that is no eval
-            parameter, or an invalid value.
-    """
-    baselines = profile.get("baselines") or {}
-    if name not in baselines:
-        _fail("baseline", name, "one of " + ", ".join(baselines))
-    spec = dict(baselines[name] or {})
-    kind = spec.pop("kind", None)
-    check_choice(f"baselines.{name}.kind", kind, BASELINE_KINDS)
-    real_ipc = spec.pop("real_ipc", None)
-    if kind == "random_real":
-        check_range(f"baselines.{name}.real_ipc", real_ipc, lo=1, integer=True)
-    flat: dict[str, Any] = {}
-    for block, cls in (("data", DataConfig), ("model", ModelConfig), ("eval", EvalConfig)):
-        flat.update({k: v for k, v in (profile.get(block) or {}).items() if k in cls.names()})
-    for k, v in spec.items():
-        if k not in EvalConfig.names():
-            _fail(f"baselines.{name}.{k}", v, "kind, real_ipc or an eval parameter")
-        flat[k] = v
-    for cls in (DataConfig, ModelConfig, EvalConfig):
-        cls.from_params(flat)
-    return kind, int(real_ipc or 0), flat
-
-
-def _block_names(block: str) -> set[str]:
-    owners = {
-        "data": (DataConfig,),
-        "model": (ModelConfig,),
-        "buffers": (BufferConfig,),
-        "distill": (DistillConfig,),
-        "eval": (EvalConfig,),
-    }[block]
-    return {n for cls in owners for n in cls.names()}
-
-
-def stage_parameters(
-    profile: Mapping[str, Any], stage: str, run: str | None = None
-) -> dict[str, Any]:
-    """The flat parameter dict of one stage of a profile (what papermill receives).
-
-    Args:
-        profile: a profile dict from :func:`load_profile`.
-        stage: ``buffers``, ``distill`` or ``evaluate``.
-        run: the run name under ``runs`` (distill/evaluate); its entries override
-            the profile's ``distill`` block (and ``eval`` block for ``eval_*`` keys).
-
-    Returns:
-        ``{name: value}`` restricted to the stage's dataclass fields, validated.
-
-    Raises:
-        ValueError: unknown stage or run, a key that is no parameter of its block,
-            or an invalid value.
-    """
-    check_choice("stage", stage, tuple(STAGE_CONFIGS))
-    flat: dict[str, Any] = {}
-    for block in ("data", "model"):
-        for k, v in (profile.get(block) or {}).items():
-            if k not in _block_names(block):
-                _fail(f"{block}.{k}", v, "a parameter of " + ", ".join(sorted(_block_names(block))))
-            flat[k] = v
-    own = {"buffers": "buffers", "distill": "distill", "evaluate": "eval"}[stage]
-    for k, v in (profile.get(own) or {}).items():
-        if k not in _block_names(own):
-            _fail(f"{own}.{k}", v, "a parameter of " + ", ".join(sorted(_block_names(own))))
-        flat[k] = v
-    if stage != "buffers":
-        runs = profile.get("runs") or {}
-        if run is None or run not in runs:
-            _fail("run", run, "one of " + ", ".join(runs))
-        allowed = _block_names("distill") | _block_names("eval")
-        for k, v in (runs[run] or {}).items():
-            if k not in allowed:
-                _fail(f"runs.{run}.{k}", v, "a distill or eval parameter")
-            if k in _block_names(own):
-                flat[k] = v
-    names = {n for cls in STAGE_CONFIGS[stage] for n in cls.names()}
-    flat = {k: v for k, v in flat.items() if k in names}
-    for cls in STAGE_CONFIGS[stage]:
-        cls.from_params(flat)
-    if stage == "distill":
-        data = DataConfig.from_params(flat)
-        shape = data.shape()
-        if shape is not None:
-            buffer_epochs = (profile.get("buffers") or {}).get("train_epochs")
-            DistillConfig.from_params(flat).check_against(
-                channels=shape[0], side=shape[1], num_classes=shape[2], buffer_epochs=buffer_epochs
-            )
-    return flat
 
 
 def parse_stage(stage: str, namespace: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -374,6 +374,14 @@ class Normaliser:
         x = x * self.std.to(x.device)[:, None, None] + self.mean.to(x.device)[:, None, None]
         return x.clamp(0, 1)
 
+    def describe(self) -> dict[str, object]:
+        """JSON description: mean and std per channel, and whether ZCA follows."""
+        return {
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "zca": self.zca_matrix is not None,
+        }
+
     def to_tensors(self) -> dict[str, Tensor]:
         d = {"mean": self.mean, "std": self.std}
         if self.zca_matrix is not None:

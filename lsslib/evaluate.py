@@ -20,12 +20,19 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from .config import EvalConfig
+from .config import DataConfig, EvalConfig, ModelConfig
 from .data import RealData, class_balanced_indices
 from .models import ConvNetSpec, init_flat
 from .training import TrainState, accuracy, train_nets
 
-__all__ = ["EvalResult", "evaluate_images", "random_real_subset"]
+__all__ = [
+    "EvalResult",
+    "evaluate_images",
+    "random_real_subset",
+    "spec_for",
+    "eval_lr",
+    "check_set_matches",
+]
 
 
 @dataclass
@@ -144,3 +151,37 @@ def random_real_subset(data: RealData, ipc: int, seed: int = 0) -> tuple[Tensor,
     """
     idx = class_balanced_indices(data.y_train.cpu(), ipc, seed=seed).to(data.x_train.device)
     return data.x_train[idx], data.y_train[idx]
+
+
+def spec_for(model_cfg: ModelConfig, data: RealData) -> ConvNetSpec:
+    """The evaluation network for ``data``'s shape (C, H, K)."""
+    return ConvNetSpec.from_config(
+        model_cfg, channels=data.channels, side=data.side, num_classes=data.num_classes
+    )
+
+
+def eval_lr(cfg: EvalConfig, syn_lr: float | None = None) -> float:
+    """MTT's evaluation learning rate: ``lr_eval`` if set, else the set's learned
+    syn_lr, else 0.01 (real images; PAPER.md 2.8)."""
+    if cfg.lr_eval is not None:
+        return cfg.lr_eval
+    return syn_lr if syn_lr is not None else 0.01
+
+
+def check_set_matches(
+    meta: dict, spec: ConvNetSpec, data_cfg: DataConfig, *, where: str = "synset_dir"
+) -> None:
+    """Refuse to evaluate a set distilled for another network or dataset.
+
+    Args:
+        meta: the synthetic set's metadata (``identity.spec``, ``config.data.dataset``).
+
+    Raises:
+        ValueError: naming ``where``, what the set was distilled for and what is asked.
+    """
+    have_spec, have_data = meta["identity"]["spec"], meta["config"]["data"]["dataset"]
+    if have_spec != spec.to_dict() or have_data != data_cfg.dataset:
+        raise ValueError(
+            f"invalid parameter {where}: the set was distilled for {have_spec} on "
+            f"{have_data!r}, this evaluation asks for {spec.to_dict()} on {data_cfg.dataset!r}"
+        )

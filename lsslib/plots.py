@@ -20,13 +20,15 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from .config import DistillConfig  # noqa: E402
+from .parameterisations import Components  # noqa: E402
+from .plan import schedule_upper  # noqa: E402
 
 __all__ = [
     "image_grid",
     "expert_curves",
     "distill_curves",
     "parameterisation_figure",
-    "lss_vs_mtt",
+    "side_by_side",
     "rank_sweep",
     "accuracy_vs_storage",
     "schedule_bounds",
@@ -122,81 +124,79 @@ def distill_curves(logs: Mapping[str, pd.DataFrame]) -> plt.Figure:
     return fig
 
 
-def _components(mappers: Tensor, bases: Tensor, images01: Tensor, cls: int, n_bases: int):
-    u = mappers[min(cls, mappers.shape[0] - 1), 0]  # [C, H, r]
-    v = bases[cls, 0, :n_bases]  # [J, C, r, W]
-    x = images01[:n_bases]
-    return minmax(u), [minmax(b) for b in v], x
-
-
 def parameterisation_figure(
-    mappers: Tensor,
-    bases: Tensor,
-    images01: Tensor,
-    class_name: str,
-    cls: int = 0,
-    n_bases: int = 4,
+    comp: Components, images01: Tensor, class_name: str, n_images: int = 4
 ) -> plt.Figure:
-    """Fig. 1: one class's shared mapper U, its basis tensors V_j and the images U V_j.
+    """Fig. 1: how a parameterisation makes one class's images.
+
+    The shared panels (e.g. the mapper U) on the left, one panel per stored image
+    (e.g. the basis V_j) above that image, as the unit's
+    :meth:`~lsslib.parameterisations.SynSet.components` lists them.
 
     Args:
-        mappers: float ``[K or 1, S, C, H, r]``; bases: float ``[K, S, J, C, r, W]``.
-        images01: float ``[J', C, H, W]`` the class's synthesized images in [0, 1].
-        class_name: label of the class; cls: its index.
+        comp: the class's :class:`~lsslib.parameterisations.Components`.
+        images01: float ``[J', C, H, W]`` the class's images in [0, 1].
+        class_name: label of the class.
+        n_images: images shown.
     """
-    n = min(n_bases, bases.shape[2])
-    u, vs, xs = _components(mappers, bases, images01, cls, n)
-    fig = plt.figure(figsize=(1.6 * n + 2.2, 3.4))
-    gs = fig.add_gridspec(2, n + 1, width_ratios=[0.6] + [1] * n, height_ratios=[0.35, 1])
-    ax = fig.add_subplot(gs[1, 0])
-    _show(ax, u)
-    ax.set_title(f"mapper U\n{tuple(mappers.shape[-3:])}", fontsize=8)
+    n = min(n_images, len(comp.per_image), images01.shape[0])
+    m = len(comp.shared)
+    fig = plt.figure(figsize=(1.6 * n + 1.6 * m + 0.6, 3.4))
+    gs = fig.add_gridspec(2, n + m, width_ratios=[0.6] * m + [1] * n, height_ratios=[0.35, 1])
+    for i, (title, t) in enumerate(comp.shared):
+        ax = fig.add_subplot(gs[1, i])
+        _show(ax, minmax(t))
+        ax.set_title(title, fontsize=8)
     for j in range(n):
-        axv = fig.add_subplot(gs[0, j + 1])
-        _show(axv, vs[j])
-        axv.set_title(f"basis V_{j + 1}", fontsize=8)
-        axx = fig.add_subplot(gs[1, j + 1])
-        _show(axx, xs[j])
-        axx.set_xlabel(f"U V_{j + 1}", fontsize=8)
-    fig.suptitle(
-        f"class '{class_name}': one shared mapper, {bases.shape[2]} bases (rank {mappers.shape[-1]})",
-        fontsize=9,
-    )
+        title, t = comp.per_image[j]
+        axv = fig.add_subplot(gs[0, m + j])
+        _show(axv, minmax(t))
+        axv.set_title(title, fontsize=8)
+        axx = fig.add_subplot(gs[1, m + j])
+        _show(axx, images01[j])
+        axx.set_xlabel(comp.image_title.format(j + 1), fontsize=8)
+    fig.suptitle(f"class '{class_name}': {comp.caption}", fontsize=9)
     return fig
 
 
-def lss_vs_mtt(
-    mappers: Tensor,
-    bases: Tensor,
-    lss01: Tensor,
-    lss_per_class: int,
-    mtt01: Tensor,
-    mtt_per_class: int,
+def side_by_side(
+    comps: Sequence[Components],
+    ours01: Tensor,
+    ours_per_class: int,
+    ours_title: str,
+    other01: Tensor,
+    other_per_class: int,
+    other_title: str,
     classes: Sequence[str],
-    show_classes: int = 5,
 ) -> plt.Figure:
-    """Fig. 4: mappers, bases and synthesized images of LSS above pixel MTT at equal storage."""
-    k = min(show_classes, len(classes))
-    cols = min(lss_per_class, 7)
+    """Fig. 4: per class, the first shared and per-image panel and the images of one set,
+    beside the images of another set at equal storage (LSS beside pixel MTT).
+
+    Args:
+        comps: :class:`~lsslib.parameterisations.Components` of each shown class.
+        ours01, other01: float ``[K * n, C, H, W]`` images in [0, 1], ordered by class.
+    """
+    k = min(len(comps), len(classes))
+    cols = min(ours_per_class, 7)
     fig, axes = plt.subplots(
         k,
-        cols + 2 + mtt_per_class,
-        figsize=(1.0 * (cols + 2 + mtt_per_class) + 1, 1.05 * k + 0.6),
+        cols + 2 + other_per_class,
+        figsize=(1.0 * (cols + 2 + other_per_class) + 1, 1.05 * k + 0.6),
         squeeze=False,
     )
     for c in range(k):
         row = axes[c]
-        _show(row[0], minmax(mappers[min(c, mappers.shape[0] - 1), 0]))
-        _show(row[1], minmax(bases[c, 0, 0]))
+        _show(row[0], minmax(comps[c].shared[0][1]))
+        _show(row[1], minmax(comps[c].per_image[0][1]))
         for j in range(cols):
-            _show(row[2 + j], lss01[c * lss_per_class + j])
-        for j in range(mtt_per_class):
-            _show(row[2 + cols + j], mtt01[c * mtt_per_class + j])
+            _show(row[2 + j], ours01[c * ours_per_class + j])
+        for j in range(other_per_class):
+            _show(row[2 + cols + j], other01[c * other_per_class + j])
         row[0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=8)
-    axes[0, 0].set_title("U", fontsize=8)
-    axes[0, 1].set_title("V_1", fontsize=8)
-    axes[0, 2].set_title(f"LSS images ({lss_per_class}/class)", fontsize=8, loc="left")
-    axes[0, 2 + cols].set_title(f"MTT ({mtt_per_class}/class)", fontsize=8)
+    axes[0, 0].set_title(comps[0].shared[0][0].split("\n")[0], fontsize=8)
+    axes[0, 1].set_title(comps[0].per_image[0][0], fontsize=8)
+    axes[0, 2].set_title(f"{ours_title} ({ours_per_class}/class)", fontsize=8, loc="left")
+    axes[0, 2 + cols].set_title(f"{other_title} ({other_per_class}/class)", fontsize=8)
     fig.subplots_adjust(wspace=0.05, hspace=0.08)
     return fig
 
@@ -261,8 +261,6 @@ def schedule_bounds(
 ) -> plt.Figure:
     """Fig. 3: the start-epoch upper bound over iterations for each schedule,
     with the start epochs actually drawn (dots) where logs are given."""
-    from .distill import schedule_upper
-
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for i, (name, cfg) in enumerate(configs.items()):
         its = np.arange(max(cfg.iterations, 1))

@@ -8,7 +8,6 @@ or the book would pick up.
 from __future__ import annotations
 
 import io
-import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pandas as pd
 import torch
 
 from .artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .training import enable_tf32, tune_cpu_malloc
 
 __all__ = [
     "pick_device",
@@ -25,7 +25,6 @@ __all__ = [
     "write_table",
     "markdown_table",
     "write_metrics",
-    "read_json",
     "fmt_acc",
 ]
 
@@ -45,8 +44,6 @@ def pick_device(device: str, *, tf32: bool = True, tune_malloc: bool = True) -> 
     Raises:
         ValueError: unknown device, or a CUDA/MPS device that is not available here.
     """
-    from .training import enable_tf32, tune_cpu_malloc
-
     dev = str(device)
     if not (
         dev == "cpu"
@@ -132,65 +129,6 @@ def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
-    """Read a JSON file (metadata or metrics); never unpickles anything.
-
-    Raises:
-        FileNotFoundError: naming the file and the stage that writes it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: run the stage that writes it first (see workflow/Snakefile)"
-        )
-    return json.loads(path.read_text())
-
-
 def fmt_acc(mean: float, std: float) -> str:
     """``mean +- std`` of fractions, as percent with one decimal: ``46.3 ± 0.8``."""
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
-def collect_run(results_dir: str | Path, run: str) -> dict[str, Any]:
-    """One distillation run's facts for the tables: configuration, storage, accuracy.
-
-    Reads ``RESULTS/runs/RUN/synset.json`` and ``RESULTS/runs/RUN/eval/metrics.json``.
-
-    Returns:
-        A flat dict: ``run``, ``parameterisation``, ``rank``, ``schedule``, ``soft_labels``,
-        ``images_per_class``, ``floats`` (everything stored: images or factors, labels,
-        syn_lr), ``bytes``, ``budget_floats``, ``acc_mean``, ``acc_std`` (fractions),
-        ``syn_lr``, ``iterations``.
-
-    Raises:
-        FileNotFoundError: a stage's output is missing.
-    """
-    base = Path(results_dir) / "runs" / run
-    meta = read_json(base / "synset.json")
-    metrics = read_json(base / "eval" / "metrics.json")
-    cfg = meta["config"]["distill"]
-    st = meta["storage"]
-    res = metrics["result"]
-    return {
-        "run": run,
-        "parameterisation": meta["parameterisation"],
-        "rank": cfg["rank"] if meta["parameterisation"] != "pixels" else None,
-        "schedule": cfg["schedule"],
-        "soft_labels": cfg["soft_labels"],
-        "images_per_class": meta["layout"]["images_per_class"],
-        "floats": st["image_floats"] + st["label_floats"] + st["lr_floats"],
-        "bytes": st["total_bytes"],
-        "budget_floats": st["budget_floats"],
-        "acc_mean": res["mean"],
-        "acc_std": res["std"],
-        "syn_lr": meta["syn_lr"],
-        "iterations": meta["iterations"],
-    }
-
-
-def read_log(results_dir: str | Path, run: str) -> pd.DataFrame:
-    """The per-iteration log (``log.csv``) of a distillation run."""
-    path = Path(results_dir) / "runs" / run / "log.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the distillation stage for {run!r} first")
-    return pd.read_csv(path)

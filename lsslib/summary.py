@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from . import __version__
-from .report import collect_run, fmt_acc, read_json
+from . import __version__, parameterisations
+from .report import fmt_acc
+from .results import EvalRecord, Results, run_facts
 from .synset import layout
 
 __all__ = [
@@ -24,7 +25,6 @@ __all__ = [
     "main_table",
     "storage_table",
     "reproduce_table",
-    "speed_table",
     "paper_claims_table",
     "choices_table",
     "run_info_markdown",
@@ -35,46 +35,49 @@ __all__ = [
 ANCHORS_CIFAR10_IPC1 = {"random real": 14.4, "MTT": 46.3, "DATM": 46.9, "full train set": 84.8}
 
 
-def _baseline_row(results_dir: Path, name: str) -> dict[str, Any]:
-    m = read_json(results_dir / "baselines" / name / "metrics.json")
-    st, res = m["storage"], m["result"]
+def _baseline_row(results: Results, name: str) -> dict[str, Any]:
+    m = EvalRecord.read(results.baseline(name).metrics)
+    st = m.storage
     return {
-        "method": m["label"],
+        "method": m.label,
         "images/class": st["images_per_class"],
         "stored floats": st["image_floats"] + st["label_floats"] + st["lr_floats"],
         "bytes": st["total_bytes"],
-        "acc_mean": res["mean"],
-        "acc_std": res["std"],
+        "acc_mean": m.mean,
+        "acc_std": m.std,
     }
 
 
 def main_table(
-    results_dir: str | Path,
+    results: Results,
     main: Mapping[str, str],
     baselines: Sequence[str],
     hardware: str,
     profile: str,
+    compare: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Meta-test accuracy of LSS, pixel MTT and the baselines (all *measured here*).
+    """Meta-test accuracy of LSS, pixel MTT, further runs and the baselines (all
+    *measured here*), in that order.
 
     Args:
-        results_dir: ``results/PROFILE``.
+        results: the profile's :class:`~lsslib.results.Results`.
         main: ``{"lss": run, "mtt": run}``.
-        baselines: baseline names under ``results_dir/baselines``.
+        baselines: baseline names.
         hardware, profile: for the source column.
+        compare: further runs listed after the main two (e.g. other parameterisations).
     """
-    results_dir = Path(results_dir)
     rows = []
-    for role, title in (("lss", "MTT-LSS"), ("mtt", "pixel MTT")):
-        r = collect_run(results_dir, main[role])
+    for role, run in [("lss", main["lss"]), ("mtt", main["mtt"])] + [("", r) for r in compare]:
+        r = run_facts(results.run(run), run)
+        labels = f"{'soft' if r['soft_labels'] else 'hard'} labels"
         extra = (
-            f" (r={r['rank']}, {r['schedule']}, {'soft' if r['soft_labels'] else 'hard'} labels)"
-            if role == "lss"
-            else f" ({'soft' if r['soft_labels'] else 'hard'} labels)"
+            f" (r={r['rank']}, {r['schedule']}, {labels})"
+            if role == "lss" and r["rank"] is not None
+            else f" ({labels})"
         )
         rows.append(
             {
-                "method": title + extra,
+                "method": r["title"] + extra,
                 "images/class": r["images_per_class"],
                 "stored floats": r["floats"],
                 "bytes": r["bytes"],
@@ -82,7 +85,7 @@ def main_table(
                 "acc_std": r["acc_std"],
             }
         )
-    rows += [_baseline_row(results_dir, b) for b in baselines]
+    rows += [_baseline_row(results, b) for b in baselines]
     df = pd.DataFrame(rows)
     df["accuracy (%)"] = [fmt_acc(m, s) for m, s in zip(df["acc_mean"], df["acc_std"], strict=True)]
     df["source"] = f"measured here ({profile}, {hardware})"
@@ -92,11 +95,16 @@ def main_table(
 def storage_table(channels: int = 3, side: int = 32, num_classes: int = 10) -> pd.DataFrame:
     """Images per class that fit IPC 1/10/50 for each parameterisation and rank (PAPER.md 2.2).
 
-    Computed by :func:`lsslib.synset.layout` (hard labels; soft labels are reported
-    beside the budget, or counted with ``strict_budget``).
+    Every registered parameterisation, ranks 2/4/8/16 for those with a rank, solved by
+    its unit (:func:`lsslib.synset.layout`; hard labels; soft labels are reported beside
+    the budget, or counted with ``strict_budget``).
     """
     rows = []
-    combos = [("pixels", 0)] + [("lowrank", r) for r in (2, 4, 8, 16)] + [("two_sided", 4)]
+    combos = [
+        (name, r)
+        for name in parameterisations.names()
+        for r in ((2, 4, 8, 16) if parameterisations.get(name).uses_rank else (0,))
+    ]
     for par, r in combos:
         row: dict[str, Any] = {"parameterisation": par, "rank r": r or "-"}
         for ipc in (1, 10, 50):
@@ -148,127 +156,6 @@ def reproduce_table(bench_dir: str | Path) -> pd.DataFrame:
         }
         df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
     return df
-
-
-def _mem(r: Mapping[str, Any]) -> str:
-    return f"{r['peak_mem_mib']:,.0f} MiB"
-
-
-def _pct(r: Mapping[str, Any]) -> str:
-    f = r["fraction_of_peak"]
-    return "-" if f is None else f"{100 * f:.0f} %"
-
-
-def _speed_row(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """One benchmark record (the JSON line of a ``benchmarks/bench_*.py`` run) as a table row."""
-    cfg, res, rat = rec["config"], rec["results"], rec["ratios"]
-    bench = rec["bench"]
-    if bench == "experts":
-        tog, base = res[rec["together"]], res["one_at_a_time"]
-        setup = f"{cfg['model']}, {cfg['experts']} experts x {cfg['images']:,} images, batch {cfg['batch']}"
-        opt = f"together ({rec['together']}): {tog['images_per_s_median']:,.0f} img/s"
-        bas = f"one at a time: {base['images_per_s_median']:,.0f} img/s"
-        ratio = (
-            f"{rat['together_vs_one_at_a_time_median']}x "
-            f"({rat['together_vs_one_at_a_time_best']}x best, "
-            f"{rat['together_vs_one_at_a_time_cpu_time']}x CPU time)"
-        )
-        mem = f"{_mem(tog)} / {_mem(base)}"
-        frac = _pct(tog)
-    elif bench == "evaluate":
-        tog, base = res["together"], res["sequential"]
-        setup = f"{cfg['model']}, {cfg['nets']} nets x {cfg['epochs']} epochs on {cfg['images']:,} images"
-        opt = f"together: {tog['median_s']:.2f} s (1000 epochs: {tog['projected_full_s']:,.0f} s)"
-        bas = f"one net after another: {base['median_s']:.2f} s"
-        ratio = (
-            f"{rat['together_vs_sequential_median']}x ({rat['together_vs_sequential_best']}x best, "
-            f"{rat['together_vs_sequential_cpu_time']}x CPU time)"
-        )
-        mem = f"{_mem(tog)} / {_mem(base)}"
-        frac = _pct(tog)
-    elif bench == "distill":
-        base = res["unrolled"]
-        # the benchmark's memory ratio: allocator peaks on CUDA, RSS added by the run on CPU
-        basis = "peak" if rec["device"] != "cpu" else "added RSS"
-        modes = [m for m in ("checkpointed", "tesla") if m in res]
-        setup = (
-            f"{cfg['model']}, syn_steps {cfg['syn_steps']}, batch_syn {cfg['batch_syn']}, "
-            f"{cfg['n_syn']} images"
-        )
-        opt = "; ".join(
-            f"{m}: {res[m]['image_steps_per_s_median']:,.0f} image-steps/s" for m in modes
-        )
-        bas = f"unrolled: {base['image_steps_per_s_median']:,.0f} image-steps/s"
-        ratio = "; ".join(
-            f"{m} {rat[m]['speed_vs_unrolled_median']}x ({rat[m]['speed_vs_unrolled_best']}x best, "
-            f"{rat[m]['speed_vs_unrolled_cpu_time']}x CPU time)"
-            for m in modes
-        )
-        mem = (
-            "; ".join(
-                f"{m} {_mem(res[m])} ({rat[m]['memory_vs_unrolled']:.2f} of unrolled's {basis})"
-                for m in modes
-            )
-            + f"; unrolled {_mem(base)}"
-        )
-        frac = "; ".join(f"{m} {_pct(res[m])}" for m in [*modes, "unrolled"])
-    else:
-        raise ValueError(
-            f"invalid benchmark record bench={bench!r}: allowed experts, evaluate, distill"
-        )
-    targets = rec.get("gpu_targets")
-    if targets is None:
-        target_text = "n/a (CPU run)" if rec["device"] == "cpu" else "not checked"
-    else:
-        target_text = ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in targets.items())
-    return {
-        "stage": bench,
-        "configuration": setup
-        + (" (DSA on)" if cfg.get("dsa") else " (no DSA)")
-        + (", malloc not tuned" if rec["device"] == "cpu" and not rec.get("malloc_tuned") else ""),
-        "device": f"{rec['device_string']}; torch {rec['torch']}; {rec['date_utc'][:10]}",
-        "optimised (median)": opt,
-        "baseline (median)": bas,
-        "speed ratio": ratio,
-        "peak memory": mem,
-        "fraction of peak": frac,
-        "GPU targets": target_text,
-        "command": rec["command"],
-    }
-
-
-def speed_table(records_dir: str | Path) -> pd.DataFrame:
-    """The stage benchmarks of record (``benchmarks/records/*.json``) as one table.
-
-    Each JSON file is the record a ``benchmarks/bench_*.py --out FILE`` run wrote
-    (its last output line). Speeds are the median rounds; ratios are optimised /
-    baseline speed, so above 1 is faster; memory is the CUDA allocator's peak on a
-    GPU and the peak resident set on a CPU (see ``benchmarks/README.md``).
-
-    Returns:
-        One row per record, sorted by stage then file name; no rows when the
-        folder is missing or empty.
-
-    Raises:
-        ValueError: a record of an unknown benchmark.
-    """
-    cols = [
-        "stage",
-        "configuration",
-        "device",
-        "optimised (median)",
-        "baseline (median)",
-        "speed ratio",
-        "peak memory",
-        "fraction of peak",
-        "GPU targets",
-        "command",
-    ]
-    folder = Path(records_dir)
-    recs = [read_json(f) for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-    order = {"experts": 0, "distill": 1, "evaluate": 2}
-    rows = sorted((_speed_row(r) for r in recs), key=lambda r: order[r["stage"]])
-    return pd.DataFrame(rows, columns=cols)
 
 
 def paper_claims_table(

@@ -58,8 +58,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .distill import InnerPlan, _step_loss, plan_to
 from .models import ConvNetSpec
+from .plan import InnerPlan, plan_to, step_loss
 
 __all__ = ["tesla_matching_loss", "SavedTensorMeter"]
 
@@ -112,7 +112,7 @@ def tesla_matching_loss(
     gsum = torch.zeros_like(w)
     for idx, aug in steps:
         wi = w.requires_grad_(True)
-        (g,) = torch.autograd.grad(_step_loss(spec, wi, xl.detach(), yl.detach(), idx, aug), wi)
+        (g,) = torch.autograd.grad(step_loss(spec, wi, xl.detach(), yl.detach(), idx, aug), wi)
         gsum += g
         w = (wi - lr * g).detach()
     final = w
@@ -129,9 +129,7 @@ def tesla_matching_loss(
         w = start.detach()
         for idx, aug in steps:
             wi = w.requires_grad_(True)
-            (g,) = torch.autograd.grad(
-                _step_loss(spec, wi, xl, yl, idx, aug), wi, create_graph=True
-            )
+            (g,) = torch.autograd.grad(step_loss(spec, wi, xl, yl, idx, aug), wi, create_graph=True)
             grads = torch.autograd.grad(g, wrt, grad_outputs=v, allow_unused=True)
             for a, gr in zip(acc, grads, strict=True):
                 if gr is not None:

@@ -10,10 +10,12 @@ import torch
 
 from lsslib.artifacts import load_artifact
 from lsslib.config import BufferConfig, DistillConfig, ModelConfig
-from lsslib.distill import Distiller, NumericalFault, load_synset, make_plan, matching_loss
+from lsslib.distill import Distiller, NumericalFault
 from lsslib.experts import train_experts
+from lsslib.matching import matching_loss
 from lsslib.models import convnet_forward
-from lsslib.synset import init_soft_labels
+from lsslib.plan import make_plan
+from lsslib.synset import init_soft_labels, load_synset
 
 BASE = dict(ipc=1, rank=2, syn_steps=3, expert_epochs=2, max_start_epoch=2, lr_lr=1e-5)
 
@@ -145,7 +147,7 @@ def test_same_seed_same_synset(lss_tiny_buffer, lss_tiny_data, tmp_path, mode):
 def test_save_and_load_synset_round_trip(lss_tiny_buffer, lss_tiny_data, tmp_path):
     d = make_distiller(lss_tiny_buffer, lss_tiny_data, tmp_path, iterations=1, subspaces=2, rank=1)
     d.run()
-    loaded = load_synset(tmp_path)
+    loaded = load_synset(tmp_path / "synset")
     assert loaded.synset.kind == "lowrank"
     assert loaded.syn_lr == pytest.approx(float(d.syn_lr.detach()))
     x, y = loaded.export()

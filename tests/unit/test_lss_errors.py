@@ -13,12 +13,11 @@ from lsslib.config import (
     DistillConfig,
     EvalConfig,
     ModelConfig,
-    load_profile,
-    stage_parameters,
 )
 from lsslib.distill import Distiller
 from lsslib.experts import BufferMismatch, ExpertBuffer, train_experts
 from lsslib.models import ConvNetSpec
+from lsslib.profiles import baseline_parameters, load_profile, stage_parameters
 
 CIFAR = dict(channels=3, side=32, num_classes=10)
 
@@ -208,7 +207,6 @@ def test_stage_parameters_unknown_run_and_stage(tmp_path):
 
 
 def test_load_profile_checks_baselines_main_and_ablations(tmp_path):
-    from lsslib.config import baseline_parameters
 
     good = {
         **GOOD_PROFILE,

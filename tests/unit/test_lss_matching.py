@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from lsslib.config import DistillConfig
-from lsslib.distill import make_plan, matching_loss, sample_start_epoch, schedule_upper
+from lsslib.matching import matching_loss
 from lsslib.models import ConvNetSpec, init_flat
-from lsslib.synset import Labels, LowRankSynSet, layout
+from lsslib.parameterisations.lowrank import LowRankSynSet
+from lsslib.plan import make_plan, sample_start_epoch, schedule_upper
+from lsslib.synset import Labels, layout
 
 K, C, SIDE, R = 3, 2, 8, 2
 
@@ -138,7 +140,7 @@ def test_matching_loss_is_zero_at_target_and_one_without_steps_progress():
     # with the target chosen as the student's own end point the loss vanishes
     with torch.no_grad():
         w = start.clone().requires_grad_(True)
-    from lsslib.distill import _step_loss
+    from lsslib.plan import step_loss as _step_loss
 
     for idx, aug in zip(plan.indices, plan.augment, strict=True):
         (g,) = torch.autograd.grad(

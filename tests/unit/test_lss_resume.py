@@ -117,8 +117,10 @@ def run_to_end(script: Path, *args, timeout: float = 240) -> str:
     return res.stdout
 
 
-def kill_when(script: Path, args, marker: Path, timeout: float = 180) -> None:
-    """Start the script, SIGKILL it as soon as ``marker`` exists, check it died mid-run."""
+def kill_when(script: Path, args, marker, timeout: float = 180) -> None:
+    """Start the script, SIGKILL it as soon as ``marker`` exists (a path) or returns
+    true (a callable), check it died mid-run."""
+    ready = marker if callable(marker) else marker.exists
     proc = subprocess.Popen(
         [sys.executable, str(script), *map(str, args)],
         env=_env(),
@@ -128,7 +130,7 @@ def kill_when(script: Path, args, marker: Path, timeout: float = 180) -> None:
     )
     try:
         t0 = time.monotonic()
-        while not marker.exists():
+        while not ready():
             assert proc.poll() is None, f"finished before {marker} appeared: {proc.stderr.read()}"
             assert time.monotonic() - t0 < timeout, f"{marker} never appeared"
             time.sleep(0.02)
@@ -168,8 +170,13 @@ def test_distillation_resumes_bitwise_after_sigkill(tmp_path, lss_tiny_buffer):
     buf = lss_tiny_buffer.folder
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run_to_end(script, buf, ref, 0)
-    # log.csv first appears with the first checkpoint after iteration 0
-    kill_when(script, (buf, cut, 0.5), cut / "log.csv")
+    # log.csv gains a row per iteration: with 3 rows, the checkpoint at iteration 2 exists
+    log = cut / "log.csv"
+    kill_when(
+        script,
+        (buf, cut, 0.5),
+        lambda: log.is_file() and len(log.read_text().splitlines()) >= 4,
+    )
     assert not (cut / "synset.json").exists()
     out = run_to_end(script, buf, cut, 0)
     start = int(out.split("START", 1)[1].split()[0])

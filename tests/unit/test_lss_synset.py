@@ -8,28 +8,48 @@ import math
 import pytest
 import torch
 
+from lsslib import parameterisations
 from lsslib.config import DATASETS
-from lsslib.synset import (
-    Labels,
-    LowRankSynSet,
-    build_synset,
-    layout,
-    svd_factors,
-    synset_from_tensors,
-)
+from lsslib.parameterisations import Budget
+from lsslib.parameterisations.lowrank import LowRankSynSet, svd_factors
+from lsslib.synset import Labels, build_synset, layout, synset_from_tensors
 
-PARAMS = ("pixels", "lowrank", "lowrank_global", "two_sided")
+# The contract rows: one per parameterisation, the shapes of its stored tensors
+# (PAPER.md 2.1; H = W) recomputed here independently of the unit, and whether it
+# has a single subspace whatever ``subspaces`` says. A new parameterisation adds
+# its row; test_every_parameterisation_has_a_contract_row fails until it does.
+ROWS: dict[str, dict] = {
+    "pixels": dict(shapes=lambda k, s, j, c, h, r: [(k * j, c, h, h)], single_subspace=True),
+    "lowrank": dict(
+        shapes=lambda k, s, j, c, h, r: [(k, s, c, h, r), (k, s, j, c, r, h)],
+        single_subspace=False,
+    ),
+    "lowrank_global": dict(
+        shapes=lambda k, s, j, c, h, r: [(1, s, c, h, r), (k, s, j, c, r, h)],
+        single_subspace=False,
+    ),
+    "two_sided": dict(
+        shapes=lambda k, s, j, c, h, r: [(k, s, c, h, r), (k, s, j, c, r, r), (k, s, c, r, h)],
+        single_subspace=False,
+    ),
+}
+PARAMS = parameterisations.names()
+
+
+def test_every_parameterisation_has_a_contract_row():
+    assert set(ROWS) == set(PARAMS), "add a row to ROWS for each registered parameterisation"
 
 
 def factor_shapes(kind: str, *, k: int, s: int, j: int, c: int, h: int, r: int) -> list[tuple]:
     """Shapes of the stored tensors of each parameterisation (PAPER.md 2.1), H = W."""
-    if kind == "pixels":
-        return [(k * j, c, h, h)]
-    if kind == "lowrank":
-        return [(k, s, c, h, r), (k, s, j, c, r, h)]
-    if kind == "lowrank_global":
-        return [(1, s, c, h, r), (k, s, j, c, r, h)]
-    return [(k, s, c, h, r), (k, s, j, c, r, r), (k, s, c, r, h)]
+    return ROWS[kind]["shapes"](k, s, j, c, h, r)
+
+
+def build(kind, lay, *, rank, x_real, y_real, num_classes, **kw):
+    """build_synset with the budget of the layout's shape."""
+    c, h = x_real.shape[1], x_real.shape[2]
+    budget = Budget(1, rank, lay.subspaces, c, h, num_classes, False, False)
+    return build_synset(kind, lay, budget, x_real=x_real, y_real=y_real, **kw)
 
 
 def floats_of(kind: str, *, k: int, s: int, j: int, c: int, h: int, r: int) -> int:
@@ -56,7 +76,7 @@ def test_layout_arithmetic_on_the_full_grid():
             soft_labels=soft,
             strict_budget=strict,
         )
-        s = 1 if kind == "pixels" else s_req
+        s = 1 if ROWS[kind]["single_subspace"] else s_req
         budget = ipc * k * c * h * h
         assert lay.budget_floats == budget
         assert lay.subspaces == s
@@ -143,7 +163,7 @@ def _random_labels(n: int, k: int, soft: bool) -> Labels:
 def test_built_synset_storage_fits_budget(kind, dataset, ipc, rank, subspaces, strict):
     """Floats actually held by a built set (and its soft labels when strict) <= budget."""
     c, h, k = DATASETS[dataset]
-    s = 1 if kind == "pixels" else subspaces
+    s = 1 if ROWS[kind]["single_subspace"] else subspaces
     lay = layout(
         kind,
         ipc=ipc,
@@ -157,7 +177,7 @@ def test_built_synset_storage_fits_budget(kind, dataset, ipc, rank, subspaces, s
     )
     if lay.images_per_class < 1:
         with pytest.raises(ValueError, match="no image per class"):
-            build_synset(
+            build(
                 kind,
                 lay,
                 rank=rank,
@@ -169,9 +189,7 @@ def test_built_synset_storage_fits_budget(kind, dataset, ipc, rank, subspaces, s
     g = torch.Generator().manual_seed(0)
     x_real = torch.randn(k * 2, c, h, h, generator=g)
     y_real = torch.arange(k).repeat(2)
-    syn = build_synset(
-        kind, lay, rank=rank, x_real=x_real, y_real=y_real, num_classes=k, generator=g
-    )
+    syn = build(kind, lay, rank=rank, x_real=x_real, y_real=y_real, num_classes=k, generator=g)
     n = k * lay.images_per_class
     held = sum(p.numel() for p in syn.parameters())
     assert held == lay.image_floats
@@ -300,9 +318,7 @@ def test_synset_from_tensors_round_trip(kind):
         strict_budget=False,
     )
     x_real = torch.randn(12, c, h, h, generator=torch.Generator().manual_seed(0))
-    syn = build_synset(
-        kind, lay, rank=2, x_real=x_real, y_real=torch.arange(3).repeat(4), num_classes=k
-    )
+    syn = build(kind, lay, rank=2, x_real=x_real, y_real=torch.arange(3).repeat(4), num_classes=k)
     back = synset_from_tensors(syn.kind, lay, syn.tensors(), k)
     assert back.kind == syn.kind
     assert torch.equal(back.images(), syn.images())
@@ -335,8 +351,6 @@ def test_real_init_prefers_images_the_expert_classifies_correctly():
         soft_labels=False,
         strict_budget=False,
     )
-    syn = build_synset(
-        "pixels", lay, rank=1, x_real=x, y_real=y, num_classes=2, expert=expert, spec=spec
-    )
+    syn = build("pixels", lay, rank=1, x_real=x, y_real=y, num_classes=2, expert=expert, spec=spec)
     imgs = syn.images().detach()
     assert torch.equal(convnet_forward(spec, expert, imgs).argmax(1), syn.class_index())

@@ -11,7 +11,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from lsslib import config
+from lsslib import config, profiles, stages
 
 ROOT = Path(__file__).resolve().parents[2]
 NB = ROOT / "notebooks"
@@ -25,19 +25,34 @@ def _defaults(notebook: Path) -> dict:
 
 
 @pytest.mark.parametrize("stem,stage", sorted(STAGES.items()))
-def test_notebook_defaults_are_the_cpu_profile(stem: str, stage: str) -> None:
-    prof = config.load_profile("cpu")
-    expected: dict = {}
+def test_notebook_parameters_default_to_the_profile(stem: str, stage: str) -> None:
+    """Every stage parameter is in the cell with default None (= the profile's value),
+    so defaults are written once, in the profile; resolved, they are the cpu profile."""
+    got = _defaults(NB / f"{stem}.ipynb")
+    names = {n for cls in config.STAGE_CONFIGS[stage] for n in cls.names()}
+    missing = names - set(got)
+    assert not missing, f"{stem} lacks parameters {sorted(missing)}"
+    not_none = {k: got[k] for k in names if got[k] is not None}
+    assert not not_none, f"{stem} writes defaults that belong to the profile: {not_none}"
+    assert got["profile"] == "cpu"
+    prof = profiles.load_profile("cpu")
+    run = None if stage == "buffers" else prof["main"]["lss"]
+    resolved = stages.stage_parameters(stage, got, "cpu")
+    expected = {}
     for cls in config.STAGE_CONFIGS[stage]:
         expected.update(cls().to_dict())
-    expected.update(
-        config.stage_parameters(prof, stage, None if stage == "buffers" else prof["main"]["lss"])
-    )
-    got = _defaults(NB / f"{stem}.ipynb")
-    missing = set(expected) - set(got)
-    assert not missing, f"{stem} lacks parameters {sorted(missing)}"
-    wrong = {k: (got[k], v) for k, v in expected.items() if got[k] != v}
-    assert not wrong, f"{stem} defaults differ from the cpu profile (notebook, profile): {wrong}"
+    expected.update(profiles.stage_parameters(prof, stage, run))
+    assert resolved == expected
+
+
+def test_colab_cell_is_the_generated_one() -> None:
+    """The Colab install cell is written once (notebooks/sync_colab_cell.py)."""
+    sys.path.insert(0, str(NB))
+    import sync_colab_cell
+
+    for py in sorted(NB.glob("0*.py")):
+        text = py.read_text()
+        assert sync_colab_cell.cell() in text, f"{py.name}: run python notebooks/sync_colab_cell.py"
 
 
 def test_every_stage_notebook_has_a_typed_parameters_cell() -> None:

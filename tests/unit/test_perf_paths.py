@@ -19,10 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from lsslib.config import BufferConfig, DistillConfig, EvalConfig, ModelConfig
-from lsslib.distill import Distiller, _step_loss, make_plan, matching_loss, plan_to
+from lsslib.distill import Distiller
 from lsslib.evaluate import evaluate_images
 from lsslib.experts import train_experts
+from lsslib.matching import matching_loss
 from lsslib.models import ConvNetSpec, convnet_forward, init_flat
+from lsslib.plan import make_plan, plan_to
+from lsslib.plan import step_loss as _step_loss
 from lsslib.tesla import SavedTensorMeter, tesla_matching_loss
 from lsslib.training import (
     TrainState,

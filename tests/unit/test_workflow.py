@@ -19,7 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
-PROFILES = REPO / "workflow" / "profiles"
+PROFILES = REPO / "lsslib" / "_profiles"
 PROFILE_NAMES = ["smoke", "cpu", "paper", "paper_cifar100", "paper_svhn"]
 
 # What each stub notebook writes, from the path parameters its rule passes.
@@ -113,6 +113,7 @@ def test_dry_run_plans_every_stage(name, stubs, tmp_path):
     counts = job_counts(proc.stdout)
     n_runs, n_base = len(profile["runs"]), len(profile.get("baselines") or {})
     expected = {"buffers": 1, "distill": n_runs, "evaluate": n_runs, "summary": 1, "all": 1}
+    expected["speed_tables"] = 1  # the benchmark records, tabulated for the book
     if n_base:
         expected["baseline"] = n_base
     for kind in profile.get("ablations") or {}:
@@ -156,7 +157,7 @@ def test_bad_profile_value_fails_before_any_job(stubs, tmp_path):
 
 def test_slurm_profile_dry_run(stubs, tmp_path):
     """The SLURM executor plans without sbatch in a dry run, with GPUs and partitions."""
-    profile = yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())
+    profile = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
     assert "slurm_partition" in profile["default-resources"]
     proc = snakemake(
@@ -164,7 +165,7 @@ def test_slurm_profile_dry_run(stubs, tmp_path):
         PROFILES / "paper.yaml",
         "-n",
         "--profile",
-        str(PROFILES / "slurm"),
+        str(REPO / "workflow" / "profiles" / "slurm"),
         config={"notebook_dir": stubs, "device": "cuda"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,576 @@
+"""The pipeline's stages as functions: what each notebook runs, in one call.
+
+A stage notebook (``notebooks/0N_*.py``) is a thin shell: a ``parameters`` cell whose
+values default to ``None`` (= take the profile's value), one call of a function here,
+and the display of what it wrote. The defaults are written once, in the profiles of
+:mod:`lsslib.profiles`; the paths and records are :mod:`lsslib.results`'; the numbers
+are made by the library modules these functions call.
+
+Stages that miss an upstream artifact make it in-process with the same calls as the
+upstream stage (a distillation without a buffer trains the buffer from the profile's
+buffer parameters) and say so; when the artifact exists with the same configuration,
+nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import data, evaluate, experts, plots, profiles, report, summary
+from .artifacts import atomic_write_text
+from .config import (
+    STAGE_CONFIGS,
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    check_choice,
+    check_range,
+)
+from .distill import Distiller
+from .parameterisations import real_storage
+from .results import (
+    AblationPaths,
+    EvalPaths,
+    EvalRecord,
+    Results,
+    RunPaths,
+    read_json,
+    read_log,
+    run_facts,
+)
+from .synset import LoadedSynSet, load_synset
+
+__all__ = [
+    "stage_parameters",
+    "buffers",
+    "ensure_buffer",
+    "distill",
+    "evaluate_set",
+    "ablation",
+    "summarise",
+    "DistillOutput",
+]
+
+#: What the ``baseline`` parameter of the evaluation stage may be.
+EVAL_SUBJECTS = ("synset", *profiles.BASELINE_KINDS)
+
+
+def stage_parameters(
+    stage: str, namespace: Mapping[str, Any], profile: str | None = "cpu", run: str | None = None
+) -> dict[str, Any]:
+    """A stage's flat parameters: the profile's values, overridden by every
+    ``namespace`` entry that is not ``None`` (a notebook's ``globals()``).
+
+    Args:
+        stage: ``buffers``, ``distill`` or ``evaluate``.
+        namespace: the notebook's parameters (``None`` = the profile's value).
+        profile: a bundled profile name or a YAML path; ``None``: the dataclasses'
+            defaults (the workflow passes every parameter).
+        run: the profile's run whose overrides apply (``None``: the ``main.lss`` run).
+
+    Returns:
+        ``{name: value}`` over the stage's dataclass fields, validated by building them.
+
+    Raises:
+        ValueError: unknown profile, stage or run; an invalid value.
+    """
+    check_choice("stage", stage, tuple(STAGE_CONFIGS))
+    flat: dict[str, Any] = {}
+    for cls in STAGE_CONFIGS[stage]:
+        flat.update(cls().to_dict())
+    if profile is not None:
+        prof = profiles.load_profile(profile)
+        if stage != "buffers" and run is None:
+            run = (prof.get("main") or {}).get("lss")
+        flat.update(profiles.stage_parameters(prof, stage, None if stage == "buffers" else run))
+    for name in flat:
+        value = namespace.get(name)
+        if value is not None:
+            flat[name] = value
+    for cls in STAGE_CONFIGS[stage]:
+        cls.from_params(flat)
+    return flat
+
+
+def _bar(total: int, desc: str, unit: str, initial: int = 0) -> tqdm:
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, mininterval=2.0)
+
+
+def buffers(
+    params: Mapping[str, Any],
+    buffer_dir: str | Path,
+    device: torch.device,
+    real: data.RealData | None = None,
+) -> experts.ExpertBuffer:
+    """Stage 1: train (or resume, or reuse) the expert buffer and draw its figures.
+
+    Writes ``expert_curves.png`` and ``experts.csv/.md`` beside the buffer.
+
+    Args:
+        params: flat buffer-stage parameters (:func:`stage_parameters`).
+        buffer_dir: the buffer folder.
+        device: the training device.
+        real: the loaded data (``None``: loaded here).
+    """
+    data_cfg, model_cfg, buffer_cfg = (cls.from_params(params) for cls in STAGE_CONFIGS["buffers"])
+    real = real if real is not None else data.load_data(data_cfg, device)
+    bar = _bar(buffer_cfg.num_experts * buffer_cfg.train_epochs, "expert epochs", "epoch")
+    buffer = experts.train_experts(
+        real,
+        model_cfg,
+        buffer_cfg,
+        buffer_dir,
+        progress=lambda done, _total: bar.update(done - bar.n),
+        log=bar.write,
+    )
+    bar.close()
+    out = Path(buffer_dir)
+    curves = buffer.accuracy_curves()
+    report.save_figure(plots.expert_curves(curves), out / "expert_curves.png")
+    table = pd.DataFrame(
+        {
+            "expert": range(buffer.num_experts),
+            "final train acc (%)": [100 * c[-1] for c in curves["train"]],
+            "final test acc (%)": [100 * c[-1] for c in curves["test"]],
+        }
+    )
+    report.write_table(table, out / "experts")
+    return buffer
+
+
+def ensure_buffer(
+    buffer_dir: str | Path,
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    profile: str | None,
+    device: torch.device,
+    real: data.RealData,
+) -> experts.ExpertBuffer:
+    """The buffer at ``buffer_dir``; trained here from ``profile``'s buffer parameters
+    (with this stage's data and model) when it is missing."""
+    index = Path(buffer_dir) / "buffer.json"
+    if index.is_file():
+        return experts.ExpertBuffer(buffer_dir)
+    params = stage_parameters(
+        "buffers", {**data_cfg.to_dict(), **model_cfg.to_dict()}, profile=profile
+    )
+    print(f"no expert buffer at {buffer_dir}: training it here ({profile!r} buffer parameters)")
+    return buffers(params, buffer_dir, device, real)
+
+
+@dataclass
+class DistillOutput:
+    """What the distillation stage leaves: the run, the saved set and its folder."""
+
+    run: Distiller
+    loaded: LoadedSynSet
+    paths: RunPaths
+
+
+def distill(
+    params: Mapping[str, Any],
+    buffer_dir: str | Path,
+    out_dir: str | Path,
+    device: torch.device,
+    *,
+    profile: str | None = "cpu",
+    real: data.RealData | None = None,
+) -> DistillOutput:
+    """Stage 2: one distillation run (resumed if a checkpoint exists) and its figures.
+
+    Validates every parameter and solves the budget layout (once) before loading data;
+    trains the buffer first if ``buffer_dir`` holds none. Writes ``synset.*``,
+    ``log.csv``, ``curves.png``, ``grid.png`` and, for parameterisations with
+    components, ``components.png`` into ``out_dir``.
+    """
+    data_cfg, model_cfg, cfg = (cls.from_params(params) for cls in STAGE_CONFIGS["distill"])
+    shape = data_cfg.shape()
+    lay = None
+    if shape is not None:  # solved once here and carried into the run
+        lay = cfg.check_against(channels=shape[0], side=shape[1], num_classes=shape[2])
+    real = real if real is not None else data.load_data(data_cfg, device)
+    buffer = ensure_buffer(buffer_dir, data_cfg, model_cfg, profile, device, real)
+    run = Distiller(
+        cfg,
+        data_cfg,
+        buffer,
+        real.x_train,
+        real.y_train,
+        out_dir,
+        device=device,
+        layout=lay,
+        normaliser=real.normaliser,
+        class_names=real.classes,
+    )
+    st = run.synset.storage(run.labels, cfg.strict_budget)
+    print(
+        f"{run.synset.kind}: {run.layout.images_per_class} images/class, J={run.layout.bases}, "
+        f"{st.used_floats} of {st.budget_floats} budget floats, {st.total_bytes} bytes stored; "
+        + (f"resuming at iteration {run.iteration}" if run.iteration else "from iteration 0")
+    )
+    bar = _bar(cfg.iterations, "distillation", "it", initial=run.iteration)
+
+    def show(row: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", syn_lr=f"{row['syn_lr']:.4g}")
+
+    t0 = time.perf_counter()
+    run.run(callback=show)
+    bar.close()
+    print(
+        f"{time.perf_counter() - t0:.1f} s, syn_lr {float(run.syn_lr):.4g}, clamped {run.clamped}"
+    )
+    paths = RunPaths(Path(out_dir))
+    report.save_figure(
+        plots.distill_curves({run.synset.kind: read_log(paths)}), paths.figure("curves")
+    )
+    loaded = load_synset(paths.synset, device)
+    draw_set(loaded, paths)
+    return DistillOutput(run, loaded, paths)
+
+
+def draw_set(loaded: LoadedSynSet, paths: RunPaths) -> None:
+    """A set's image grid (``grid.png``) and its parameterisation's figure (``components.png``)."""
+    px = loaded.images01()
+    n = loaded.per_class
+    names = loaded.class_names
+    report.save_figure(
+        plots.image_grid(px, names, n, title=f"{loaded.kind}, {n} images/class"),
+        paths.figure("grid"),
+    )
+    comp = loaded.synset.components(0)
+    if comp is not None:
+        report.save_figure(
+            plots.parameterisation_figure(comp, px[:n], names[0]), paths.figure("components")
+        )
+
+
+def evaluate_set(
+    params: Mapping[str, Any],
+    subject: str,
+    out_dir: str | Path,
+    device: torch.device,
+    *,
+    synset_dir: str | Path | None = None,
+    real_ipc: int = 1,
+    buffer_dir: str | Path | None = None,
+    profile: str | None = "cpu",
+    real: data.RealData | None = None,
+) -> EvalRecord:
+    """Stage 3: meta-test accuracy of a synthetic set or of a baseline (PAPER.md 2.8).
+
+    Args:
+        params: flat evaluate-stage parameters.
+        subject: ``synset`` (the set in ``synset_dir``), ``random_real`` (``real_ipc``
+            random real images per class) or ``full`` (the whole training (sub)set).
+        out_dir: writes the evaluation record (:class:`~lsslib.results.EvalRecord`),
+            ``accuracy.csv/.md`` and ``eval_curve.png``.
+        buffer_dir: for a missing synthetic set, the buffer its distillation uses.
+
+    Raises:
+        ValueError: bad ``subject`` or ``real_ipc``; a set distilled for another
+            network or dataset.
+    """
+    check_choice("baseline", subject, EVAL_SUBJECTS)
+    check_range("real_ipc", real_ipc, lo=1, integer=True)
+    data_cfg, model_cfg, eval_cfg = (cls.from_params(params) for cls in STAGE_CONFIGS["evaluate"])
+    real = real if real is not None else data.load_data(data_cfg, device)
+    spec = evaluate.spec_for(model_cfg, real)
+    source = ""
+    if subject == "synset":
+        run_paths = RunPaths(Path(synset_dir or ""))
+        if not run_paths.synset_json.is_file():
+            print(f"no synthetic set in {synset_dir}: distilling it here ({profile!r} run)")
+            dparams = stage_parameters(
+                "distill", {**data_cfg.to_dict(), **model_cfg.to_dict()}, profile
+            )
+            distill(
+                dparams,
+                buffer_dir or Results.of(profile or "cpu").buffers,
+                run_paths.folder,
+                device,
+                profile=profile,
+                real=real,
+            )
+        loaded = load_synset(run_paths.synset, device)
+        evaluate.check_set_matches(
+            loaded.meta, spec, data_cfg, where=f"synset_dir={str(synset_dir)!r}"
+        )
+        x, y = loaded.export()
+        lr = evaluate.eval_lr(eval_cfg, loaded.syn_lr)
+        storage = loaded.meta["storage"]
+        label = f"{loaded.kind} ({synset_dir})"
+        source = str(synset_dir)
+    elif subject == "random_real":
+        x, y = evaluate.random_real_subset(real, real_ipc, seed=eval_cfg.eval_seed)
+        lr = evaluate.eval_lr(eval_cfg)
+        storage = real_storage(len(x), real.num_classes, real.channels, real.side).to_dict()
+        label = f"random real, {real_ipc} per class"
+    else:
+        x, y = real.x_train, real.y_train
+        lr = evaluate.eval_lr(eval_cfg)
+        storage = real_storage(len(x), real.num_classes, real.channels, real.side).to_dict()
+        label = f"full training set ({x.shape[0]} images)"
+    print(
+        f"{label}: {x.shape[0]} training images, lr {lr:.4g}, {eval_cfg.num_eval} nets x {eval_cfg.eval_epochs} epochs"
+    )
+    bar = _bar(eval_cfg.eval_epochs, "eval epochs", "epoch")
+    result = evaluate.evaluate_images(
+        spec, x, y, real, eval_cfg, lr=lr, progress=lambda done, _t: bar.update(done - bar.n)
+    )
+    bar.close()
+    record = EvalRecord(
+        baseline=subject,
+        label=label,
+        result=result.to_dict(),
+        storage=storage,
+        config={
+            "data": data_cfg.to_dict(),
+            "model": model_cfg.to_dict(),
+            "eval": eval_cfg.to_dict(),
+        },
+        hardware=report.describe_device(device),
+        source=source,
+    )
+    out = EvalPaths(Path(out_dir))
+    report.save_figure(
+        plots.eval_curves({label: (result.curve_epochs, result.curve_mean)}), out.curve
+    )
+    table = pd.DataFrame(
+        [
+            {
+                "set": label,
+                "images": x.shape[0],
+                "accuracy (%)": report.fmt_acc(result.mean, result.std),
+            }
+        ]
+    )
+    report.write_table(table, out.table)
+    record.write(out.metrics)
+    return record
+
+
+def _ablation_rows(results: Results, runs: Sequence[str]) -> pd.DataFrame:
+    if not runs:
+        raise ValueError("invalid parameter runs=[]: allowed a non-empty list of run names")
+    return pd.DataFrame([run_facts(results.run(r), r) for r in runs])
+
+
+def ablation(
+    kind: str, runs: Sequence[str], results_dir: str | Path, out_dir: str | Path
+) -> pd.DataFrame:
+    """Stages 4 and 5: gather evaluated runs that differ in one parameter.
+
+    ``rank``: table (r, images per class, storage, accuracy), ``accuracy_storage.png``
+    and the paper's Fig. 5 (``rank_sweep.png``: class 0's images for each r).
+    ``schedule``: table (schedule, final loss, syn_lr, accuracy),
+    ``schedule_ablation.png`` and the paper's Fig. 3 (``schedule_bounds.png``).
+
+    Returns:
+        The table, also written to ``out_dir/table.csv/.md``.
+
+    Raises:
+        ValueError: unknown kind or empty ``runs``.
+    """
+    check_choice("ablation kind", kind, profiles.ABLATION_KINDS)
+    results, out = Results(results_dir), AblationPaths(Path(out_dir))
+    df = _ablation_rows(results, runs)
+    acc = [report.fmt_acc(m, s) for m, s in zip(df["acc_mean"], df["acc_std"], strict=True)]
+    if kind == "rank":
+        df = df.sort_values("rank")
+        table = pd.DataFrame(
+            {
+                "run": df["run"],
+                "rank r": df["rank"],
+                "images/class": df["images_per_class"],
+                "stored floats": df["floats"],
+                "budget floats": df["budget_floats"],
+                "bytes": df["bytes"],
+                "accuracy (%)": [
+                    report.fmt_acc(m, s) for m, s in zip(df["acc_mean"], df["acc_std"], strict=True)
+                ],
+            }
+        )
+        points = df.assign(label=[f"r={r}" for r in df["rank"]])
+        report.save_figure(
+            plots.accuracy_vs_storage(points[["label", "floats", "acc_mean", "acc_std"]]),
+            out.figure("accuracy_storage"),
+        )
+        sweep = []
+        for row in df.itertuples():
+            loaded = load_synset(results.run(row.run).synset)
+            n = loaded.per_class
+            sweep.append(
+                (int(row.rank), loaded.images01()[:n], int(row.images_per_class), int(row.floats))
+            )
+        report.save_figure(plots.rank_sweep(sweep, loaded.class_names[0]), out.figure("rank_sweep"))
+    else:
+        logs = {
+            f"{r} ({s})": read_log(results.run(r))
+            for r, s in zip(df["run"], df["schedule"], strict=True)
+        }
+        tail = max(1, min(len(v) for v in logs.values()) // 5)
+        table = pd.DataFrame(
+            {
+                "run": df["run"],
+                "schedule": df["schedule"],
+                "images/class": df["images_per_class"],
+                "final loss (mean of last 20 %)": [
+                    v["loss"].tail(tail).mean() for v in logs.values()
+                ],
+                "syn_lr": df["syn_lr"],
+                "accuracy (%)": acc,
+            }
+        )
+        report.save_figure(
+            plots.schedule_ablation(df.assign(label=df["schedule"]), logs),
+            out.figure("schedule_ablation"),
+        )
+        cfgs = {
+            r: DistillConfig(**read_json(results.run(r).synset_json)["config"]["distill"])
+            for r in runs
+        }
+        report.save_figure(
+            plots.schedule_bounds(cfgs, {r: read_log(results.run(r)) for r in runs}),
+            out.figure("schedule_bounds"),
+        )
+    facts = df.drop(columns=["title"])
+    report.write_table(table, out.table)
+    facts.to_csv(out.folder / "facts.csv", index=False)
+    return table
+
+
+def summarise(
+    results_dir: str | Path,
+    book_dir: str | Path,
+    *,
+    profile: str,
+    description: str,
+    main: Mapping[str, str],
+    baselines: Sequence[str],
+    ablations: Mapping[str, Sequence[str]],
+    date: str,
+    compare: Sequence[str] = (),
+) -> str:
+    """Stage 6: assemble the book's tables and figures from what the stages wrote.
+
+    Loads no dataset and trains nothing: tables come from the evaluation records and
+    the ablation stages' tables, figures from the stages' PNGs (copied) or from the
+    synthetic sets' stored pixels (LSS beside pixel MTT, the image grids).
+
+    Returns:
+        The run-info box (MyST), also written to ``book_dir/run_info.md``.
+
+    Raises:
+        ValueError: ``main`` lacks the ``lss`` or ``mtt`` role.
+    """
+    for role in ("lss", "mtt"):
+        if role not in main:
+            raise ValueError(
+                f"invalid parameter main={dict(main)!r}: allowed a dict with keys 'lss' and 'mtt'"
+            )
+    res, book = Results(results_dir), Path(book_dir)
+    figs, tabs = book / "figures", book / "tables"
+    figs.mkdir(parents=True, exist_ok=True)
+    hardware = EvalRecord.read(res.run(main["lss"]).eval.metrics).hardware
+    main_df = summary.main_table(res, main, baselines, hardware, profile, compare)
+    report.write_table(main_df.drop(columns=["acc_mean", "acc_std"]), tabs / "main")
+    facts = {
+        k: pd.read_csv(res.ablation(k).folder / "facts.csv") if k in ablations else pd.DataFrame()
+        for k in profiles.ABLATION_KINDS
+    }
+    for kind, key, cols in (
+        ("rank", "rank_ablation", ["run", "rank", "images_per_class", "floats", "bytes"]),
+        ("schedule", "schedule_ablation", ["run", "schedule", "images_per_class", "syn_lr"]),
+    ):
+        df = facts[kind]
+        if len(df):
+            t = df[cols].copy()
+            t["accuracy (%)"] = [
+                report.fmt_acc(m, s) for m, s in zip(df["acc_mean"], df["acc_std"], strict=True)
+            ]
+            report.write_table(t, tabs / key)
+    rank_df, sched_df = facts["rank"], facts["schedule"]
+    report.write_table(
+        summary.paper_claims_table(main_df, rank_df, sched_df, profile), tabs / "paper_claims"
+    )
+    report.write_table(summary.choices_table(rank_df, sched_df), tabs / "choices")
+    lss, mtt = load_synset(res.run(main["lss"]).synset), load_synset(res.run(main["mtt"]).synset)
+    x0 = lss.synset.images().detach()
+    report.write_table(
+        summary.storage_table(x0.shape[1], x0.shape[2], lss.synset.num_classes), tabs / "storage"
+    )
+    buffer_meta = read_json(res.buffer_json)
+    report.write_table(summary.buffers_table(buffer_meta), tabs / "buffers")
+    repro = summary.reproduce_table(res.benchmarks)
+    report.write_table(repro, tabs / "reproduce")
+
+    # figures the stages drew: copied, not redrawn
+    copies = {
+        "fig1_parameterisation": res.run(main["lss"]).figure("components"),
+        "fig5_rank_sweep": res.ablation("rank").figure("rank_sweep"),
+        "fig3_schedule": res.ablation("schedule").figure("schedule_bounds"),
+        "schedule_ablation": res.ablation("schedule").figure("schedule_ablation"),
+        "expert_curves": res.buffers / "expert_curves.png",
+        "grid_lss": res.run(main["lss"]).figure("grid"),
+        "grid_mtt": res.run(main["mtt"]).figure("grid"),
+    }
+    for name, src in copies.items():
+        if src.is_file():
+            shutil.copyfile(src, figs / f"{name}.png")
+    # figures that combine stages: drawn from the sets' stored pixels and the records
+    n_lss, n_mtt = lss.per_class, mtt.per_class
+    comps = [lss.synset.components(c) for c in range(min(5, lss.synset.num_classes))]
+    if comps[0] is not None:
+        report.save_figure(
+            plots.side_by_side(
+                comps,
+                lss.images01(),
+                n_lss,
+                type(lss.synset).title,
+                mtt.images01(),
+                n_mtt,
+                type(mtt.synset).title,
+                lss.class_names,
+            ),
+            figs / "fig4_lss_vs_mtt.png",
+        )
+    runs_for_logs = {f"LSS ({main['lss']})": main["lss"], f"MTT ({main['mtt']})": main["mtt"]}
+    report.save_figure(
+        plots.distill_curves({k: read_log(res.run(v)) for k, v in runs_for_logs.items()}),
+        figs / "distill_curves.png",
+    )
+    curves = {}
+    for label, run in runs_for_logs.items():
+        r = EvalRecord.read(res.run(run).eval.metrics).result
+        curves[label] = (r["curve_epochs"], r["curve_mean"])
+    for b in baselines:
+        m = EvalRecord.read(res.baseline(b).metrics)
+        curves[m.label] = (m.result["curve_epochs"], m.result["curve_mean"])
+    report.save_figure(plots.eval_curves(curves), figs / "eval_curves.png")
+    if len(rank_df):
+        pts = rank_df.sort_values("rank").assign(label=lambda d: [f"LSS r={r}" for r in d["rank"]])
+        mt = main_df.iloc[[1]].assign(
+            label=type(mtt.synset).title, floats=main_df.iloc[1]["stored floats"]
+        )
+        pts = pd.concat(
+            [
+                pts[["label", "floats", "acc_mean", "acc_std"]],
+                mt[["label", "floats", "acc_mean", "acc_std"]],
+            ]
+        )
+        report.save_figure(plots.accuracy_vs_storage(pts), figs / "rank_accuracy_storage.png")
+    total = float(repro["wall time (s)"].iloc[:-1].sum()) if len(repro) else 0.0
+    dataset = lss.meta["config"]["data"]["dataset"]
+    info = summary.run_info_markdown(profile, description, hardware, dataset, total, date)
+    atomic_write_text(book / "run_info.md", info)
+    return info

@@ -1,0 +1,154 @@
+"""The package's shape: no import cycle, every module importable alone, no name switches.
+
+The import graph is read from the source (``ast``): an edge A -> B for every
+``import``/``from`` of an lsslib module B in module A, at any depth. A function-level
+import of an lsslib module is refused too: that is how a cycle hides.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "lsslib"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def _resolve(mod: str, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """lsslib modules named by an import statement in module ``mod``."""
+    out = []
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        base = mod.split(".")
+        is_pkg = MODULES[mod].name == "__init__.py"
+        if node.level:
+            base = base[: len(base) - node.level + (1 if is_pkg else 0)]
+            prefix = ".".join(base + ([node.module] if node.module else []))
+        else:
+            prefix = node.module or ""
+        names = [prefix] + [f"{prefix}.{a.name}" for a in node.names]
+    for n in names:
+        if n in MODULES and n != mod:
+            out.append(n)
+    return out
+
+
+def _graph() -> tuple[dict[str, set[str]], list[str]]:
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    nested: list[str] = []
+    for mod, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        top = set(id(n) for n in tree.body)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                targets = _resolve(mod, node)
+                graph[mod].update(targets)
+                if targets and id(node) not in top and not _in_type_checking(tree, node):
+                    nested.append(f"{mod}:{node.lineno} imports {targets}")
+    return graph, nested
+
+
+def _in_type_checking(tree: ast.Module, node: ast.AST) -> bool:
+    for n in tree.body:
+        if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test):
+            if any(node is c for c in ast.walk(n)):
+                return True
+    return False
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state, stack = [], {}, []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            # a package's __init__ importing its own submodules is discovery, and a
+            # submodule needs its package initialised: not an edge of a cycle
+            if n.startswith(m + ".") or m.startswith(n + "."):
+                continue
+            if state.get(n) == 1:
+                found.append(stack[stack.index(n) :] + [n])
+            elif n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    return found
+
+
+def test_the_import_graph_has_no_cycle():
+    graph, _ = _graph()
+    assert sum(len(v) for v in graph.values()) > 20, "the graph reader found no imports"
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_detector_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_no_lsslib_import_hides_inside_a_function():
+    _, nested = _graph()
+    assert nested == []
+
+
+IMPORT_EACH = """
+import importlib, sys, traceback
+failed = []
+for name in sys.argv[1:]:
+    for m in [m for m in sys.modules if m == "lsslib" or m.startswith("lsslib.")]:
+        del sys.modules[m]  # third-party packages stay loaded: only lsslib's order matters
+    try:
+        importlib.import_module(name)
+    except Exception:
+        failed.append(name + ": " + traceback.format_exc(limit=3))
+print("\\n".join(failed))
+sys.exit(1 if failed else 0)
+"""
+
+
+def test_each_module_imports_alone():
+    """Each module imported first, into an interpreter with no lsslib module loaded."""
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_EACH, *sorted(MODULES)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_no_parameterisation_name_outside_the_registry():
+    """Library, notebooks and workflow ask the registry; only its package names them."""
+    from lsslib import parameterisations
+
+    names = parameterisations.names()
+    alternatives = "|".join(map(re.escape, names))
+    pattern = re.compile(rf"""["']({alternatives})["']""")
+    hits = []
+    files = [p for p in PKG.rglob("*.py") if "parameterisations" not in p.parts]
+    files += sorted((ROOT / "notebooks").glob("*.py")) + [ROOT / "workflow" / "Snakefile"]
+    for path in files:
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line):
+                hits.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert hits == []
