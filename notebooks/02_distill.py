@@ -108,7 +108,7 @@ dev = report.pick_device(device, tf32=False)  # the unrolled loop stays in fp32 
 buffer = experts.ExpertBuffer(buffer_dir)
 real = data.load_data(data_cfg, dev)
 run = distill.Distiller(
-    distill_cfg, data_cfg, buffer, real.x_train, real.y_train, out_dir, device=dev
+    distill_cfg, data_cfg, buffer, real.x_train, real.y_train, out_dir, dev, model_cfg
 )
 storage = run.synset.storage(run.labels, distill_cfg.strict_budget)
 print(report.describe_device(dev))

@@ -84,6 +84,7 @@ from lsslib import config, data, distill, evaluate, models, plots, report, synse
 if IN_COLAB:
     device = "cuda"
 data_cfg, model_cfg, eval_cfg = config.parse_stage("evaluate", globals())  # fails fast on bad input
+out_lock = evaluate.claim_out_dir(out_dir)  # one writer per folder, disk checked, before any work
 config.check_choice("baseline", baseline, ("synset", "random_real", "full"))
 config.check_range("real_ipc", real_ipc, lo=1, integer=True)
 dev = report.pick_device(device)
