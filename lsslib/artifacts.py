@@ -38,6 +38,7 @@ Two hooks serve the fault-injection tests (``tests/faults``):
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -153,16 +154,27 @@ def provenance() -> dict[str, str]:
     }
 
 
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove the temporaries ``.NAME.<random>.tmp`` that killed writes of ``path`` left
+    (the caller is ``path``'s one writer: its stage holds the folder's lock)."""
+    pattern = re.compile(r"\." + re.escape(path.name) + r"\.[^.]+\.tmp")
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if pattern.fullmatch(p.name):
+            p.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    The temporary file is ``.NAME.<random>.tmp`` with the umask's modes; on
+    Temporaries of ``path`` that a killed write left are removed first. The
+    temporary file is ``.NAME.<random>.tmp`` with the umask's modes; on
     success it is fsynced, renamed onto ``path`` and the folder fsynced. On an
     exception the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, file_mode())

@@ -49,7 +49,7 @@ from .artifacts import (
 )
 from .config import BufferConfig, DataConfig, ModelConfig
 from .data import RealData
-from .locking import check_output_folder, folder_lock
+from .locking import LockBusy, check_output_folder, folder_lock
 from .models import ConvNetSpec, init_flat
 from .training import TrainState, accuracy, train_nets
 
@@ -227,6 +227,11 @@ def train_experts(
                 f"{folder} holds a buffer built with other parameters; choose another buffer_dir or "
                 f"delete the folder. Differences: {_diff(meta['config'], full_config)}"
             )
+        try:  # sweep the lock files a kill may have left; a live writer is left alone
+            with folder_lock(folder, param="buffer_dir", stage="expert buffer"):
+                pass
+        except LockBusy:
+            pass
         buffer = ExpertBuffer(folder)
         buffer.verify()
         log(f"buffer complete in {folder} (checksums verified): reusing it")
@@ -256,11 +261,12 @@ def _train(data, model_cfg, cfg, folder, spec, ident, full_config, log, progress
     for g0 in range(0, cfg.num_experts, cfg.experts_per_group):
         ids = list(range(g0, min(g0 + cfg.experts_per_group, cfg.num_experts)))
         done = [_expert_ok(folder, i, full_config) for i in ids]
+        gdir = folder / f"group_{g0:03d}"
         if all(done):
             for i in ids:
                 accs[i] = read_metadata(folder / f"expert_{i:03d}", kind="expert")["accuracy"]
+            shutil.rmtree(gdir, ignore_errors=True)  # a kill after the experts, before this
             continue
-        gdir = folder / f"group_{g0:03d}"
         state, snaps, acc = _resume_group(gdir, spec, ids, cfg, dev, full_config)
         if state is None:
             gens = [torch.Generator().manual_seed(cfg.expert_seed + i) for i in ids]

@@ -43,6 +43,7 @@ __all__ = [
     "folder_lock",
     "file_lock",
     "read_holder",
+    "remove_stale_locks",
 ]
 
 #: Name of the lock file inside a guarded folder.
@@ -281,7 +282,37 @@ def hold_folder(folder: str | Path, *, param: str, stage: str, wait: float = 0.0
         wait=wait,
         busy_message=_folder_busy(folder, param, stage),
     )
+    remove_stale_locks(folder)
     return FolderLock(folder, key)
+
+
+def remove_stale_locks(folder: str | Path) -> list[Path]:
+    """Remove the per-file lock files (``.*.lock``) in ``folder`` that no process holds.
+
+    A process killed while it held one leaves the file (not the lock) behind;
+    :func:`hold_folder` sweeps them once it owns the folder.
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    for p in Path(folder).glob(".*.lock"):
+        if p.name == LOCK_NAME or _key(p) in _held:
+            continue
+        try:
+            fd = os.open(p, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(p).st_ino == os.fstat(fd).st_ino:
+                os.unlink(p)
+                removed.append(p)
+        except OSError:  # held by a live process (or gone): leave it
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager
