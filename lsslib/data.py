@@ -18,12 +18,12 @@ path is an error, never skipped). A root may hold an ImageFolder tree (``train/<
 ``cifar10-jpeg.tar.xz`` archive of one (unpacked into the cache on first use), or
 torchvision's own files; with none of these, torchvision downloads, after a
 quick check that its server can be reached: offline, the load fails at once with
-what to do, and leaves no folder behind.
+what to do, and leaves no folder behind. Free space is checked before
+unpacking an archive, before a download, and before every cache write.
 
 Writers of the cache take a lock per entry (:func:`lsslib.locking.file_lock`):
 two processes on a cold cache decode (or unpack) an entry once, the second
-waiting for the first and then reading its result. Free disk space is checked
-before unpacking and before decoding.
+waiting for the first and then reading its result.
 
 Cache keys. A decoded split is cached under ``<dataset>_<digest of the source
 path>_<split>``, and its metadata keeps the source's fingerprint (resolved path,
@@ -422,16 +422,15 @@ def _decode_split(
     dataset: str, split: str, root: Path | None, src: Path, stem: Path
 ) -> tuple[Tensor, Tensor, list[str]]:
     fingerprint = source_fingerprint(src)
-    n = _SPLIT_SIZES.get((dataset, split))
-    if n is not None:  # refuse before decoding; other sources are checked before the write
-        check_free_space(stem.parent, n * (3 * 32 * 32 + 8), what=f"cached {dataset} {split}")
     if dataset in _ARCHIVES and src.name == _ARCHIVES[dataset] and src.is_file():
         x, y, classes = _decode_imagefolder(_unpack_archive(src), split)
         source = str(src)
     elif (src / "train").is_dir():
         x, y, classes = _decode_imagefolder(src, split)
         source = str(src)
-    else:
+    else:  # images of a known count: refuse before downloading or decoding
+        n = _SPLIT_SIZES[(dataset, split)]
+        check_free_space(stem.parent, n * (3 * 32 * 32 + 8), what=f"cached {dataset} {split}")
         dl_root = root or (Path.cwd() / "data")
         x, y, classes = _torchvision_split(dataset, dl_root, split)
         source = f"torchvision:{dl_root}"

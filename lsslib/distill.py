@@ -311,7 +311,6 @@ class Distiller:
         cfg.check_against(channels=c, side=side, num_classes=k, buffer_epochs=buffer.epochs)
         self.spec = buffer.spec
         buffer.check_compatible(data_cfg, self.spec)
-        self._lock = hold_folder(self.out_dir, param="out_dir", stage="distillation")
         self.layout: Layout = layout(
             cfg.parameterisation,
             ipc=cfg.ipc,
@@ -366,12 +365,15 @@ class Distiller:
             "distill": cfg.to_dict(),
             "spec": self.spec.to_dict(),
         }
-        self._resume()
-        one_ckpt, one_syn = (
-            tensors_bytes(self._state_tensors()),
-            tensors_bytes(self.synset.tensors()),
-        )
+        one_ckpt = tensors_bytes(self._state_tensors())
+        one_syn = tensors_bytes(self.synset.tensors())
         check_outputs_fit(self.out_dir, {"checkpoint": (one_ckpt, 2), "synset": (one_syn, 1)})
+        self._lock = hold_folder(self.out_dir, param="out_dir", stage="distillation")
+        try:
+            self._resume()
+        except BaseException:
+            self._lock.release()  # a refused resume does not keep the folder
+            raise
 
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, Tensor]:

@@ -85,7 +85,8 @@ def buffer_peak_bytes(spec: ConvNetSpec, cfg: BufferConfig) -> int:
     """The most bytes a buffer folder holds at any moment of training.
 
     A group of ``n`` experts saves after epoch ``k`` a state of ``(k + 3) n P``
-    float32 (parameters, momentum and the ``k + 1`` snapshots so far); the state of
+    float32 (parameters, momentum and the ``k + 1`` snapshots so far) and the ``n``
+    generator states; the state of
     epoch ``k - 1`` is deleted only after it, so two states lie side by side
     (``(2T + 5) n P`` at the last epoch). After the last epoch the group's ``n``
     expert files are written while its last state still exists (``(2T + 4) n P``).
@@ -95,11 +96,12 @@ def buffer_peak_bytes(spec: ConvNetSpec, cfg: BufferConfig) -> int:
         Bytes (float32 payload plus :data:`_METADATA_BYTES`).
     """
     per = spec.num_params * 4
+    rng = torch.Generator().get_state().numel()  # bytes of one generator's state, per expert
     t = cfg.train_epochs
     peak = done = 0
     for g0 in range(0, cfg.num_experts, cfg.experts_per_group):
         n = min(cfg.experts_per_group, cfg.num_experts - g0)
-        peak = max(peak, done + (2 * t + 5) * n * per)
+        peak = max(peak, done + (2 * t + 5) * n * per + 2 * n * rng)
         done += n * (t + 1) * per
     return max(peak, done) + _METADATA_BYTES
 

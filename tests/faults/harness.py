@@ -114,12 +114,16 @@ def count_ops(body: Callable[[], object], tmp: Path) -> list[str]:
     return json.loads(trace_file.read_text())
 
 
-def hold_in_child(body: Callable[[], object]) -> tuple[int, Callable[[], None]]:
-    """Fork a child that runs ``body()`` (e.g. takes a lock) and then waits to be killed.
+def hold_in_child(body: Callable[[Callable[[], None]], object]) -> tuple[int, Callable[[], None]]:
+    """Fork a child that runs ``body(ready)`` and then waits to be killed.
+
+    ``body`` calls ``ready()`` once it holds what the test needs (a lock, a run in
+    progress) and may then block; if it returns, the child calls ``ready()`` itself,
+    keeps what ``body`` returned alive and waits.
 
     Returns:
-        ``(pid, kill)``: the child's pid (once ``body`` has returned) and a function
-        that SIGKILLs and reaps it.
+        ``(pid, kill)``: the child's pid (once it is ready) and a function that
+        SIGKILLs and reaps it.
     """
     r, w = os.pipe()
     sys.stdout.flush()
@@ -127,12 +131,20 @@ def hold_in_child(body: Callable[[], object]) -> tuple[int, Callable[[], None]]:
     pid = os.fork()
     if pid == 0:
         os.close(r)
+        sent = []
+
+        def ready() -> None:
+            if not sent:
+                os.write(w, b"ok")
+                sent.append(True)
+
         try:
-            keep = body()  # noqa: F841 - keep whatever body returns (a lock) alive
-            os.write(w, b"ok")
+            keep = body(ready)  # noqa: F841 - keep whatever body returns (a lock) alive
+            ready()
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
-            os.write(w, b"no")
+            if not sent:
+                os.write(w, b"no")
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -150,3 +162,54 @@ def hold_in_child(body: Callable[[], object]) -> tuple[int, Callable[[], None]]:
         kill()
         raise AssertionError("the holding child failed (see its traceback above)")
     return pid, kill
+
+
+def start_child(body: Callable[[], object]) -> Callable[[], int]:
+    """Fork a child running ``body()`` now; returns ``wait()`` giving its exit code
+    (0 returned, 1 raised, negative signal number when killed)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            body()
+            code = 0
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def wait() -> int:
+        _, status = os.waitpid(pid, 0)
+        return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+    return wait
+
+
+def write_tiny_cifar_archive(root: Path, per_class: int = 2, side: int = 4, seed: int = 0) -> Path:
+    """``root/cifar10-jpeg.tar.xz``: an ImageFolder tree (2 classes, PNGs) as the
+    offline CIFAR-10 archive is laid out. Returns the archive."""
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    tree = root / "tree" / "cifar10-jpeg"
+    for split in ("train", "test"):
+        for cls in ("ant", "bee"):
+            d = tree / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+                Image.fromarray(img).save(d / f"{i}.png")
+    archive = root / "cifar10-jpeg.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(tree, arcname="cifar10-jpeg")
+    import shutil
+
+    shutil.rmtree(root / "tree")
+    return archive
