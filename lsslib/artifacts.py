@@ -360,7 +360,9 @@ def _committed_tensor_name(jpath: Path) -> str | None:
     except (OSError, ValueError):
         return None
     name = meta.get("tensor_file") if isinstance(meta, dict) else None
-    return name if isinstance(name, str) else None
+    stem = jpath.with_name(jpath.name[: -len(".json")])
+    # only a tensor file of this artifact, in this folder, is ever followed (or deleted)
+    return name if isinstance(name, str) and _tensor_name_re(stem).fullmatch(name) else None
 
 
 def clean_stale(stem: str | Path) -> list[Path]:
@@ -453,7 +455,7 @@ def save_artifact(
         old = _committed_tensor_name(jpath)
         atomic_write_bytes(tpath, blob)
         atomic_write_text(jpath, text)  # the commit
-        if old and old != tpath.name and "/" not in old and not old.startswith("."):
+        if old and old != tpath.name:
             stem.with_name(old).unlink(missing_ok=True)
             _write_point("superseded_removed", stem.with_name(old))
     return jpath
