@@ -367,7 +367,8 @@ class Distiller:
         }
         one_ckpt = tensors_bytes(self._state_tensors())
         one_syn = tensors_bytes(self.synset.tensors())
-        check_outputs_fit(self.out_dir, {"checkpoint": (one_ckpt, 2), "synset": (one_syn, 1)})
+        outputs = {"checkpoint": (one_ckpt, 2), "synset": (one_syn, 1)}
+        check_outputs_fit(self.out_dir, outputs, what="distillation run")
         self._lock = hold_folder(self.out_dir, param="out_dir", stage="distillation")
         try:
             self._resume()
