@@ -44,22 +44,42 @@ def test_truncated_expert_is_not_reused(buffer_copy, tiny_data, outcome):
     f.write_bytes(f.read_bytes()[:100])
     before = _snapshot(buffer_copy)
     with pytest.raises(ArtifactError, match=rf"{f.name}: sha256 does not match.*expert_NNN"):
-        train_experts(tiny_data, ModelConfig(**TINY_MODEL), BufferConfig(**TINY_BUFFER), buffer_copy, log=lambda _l: None)
+        train_experts(
+            tiny_data,
+            ModelConfig(**TINY_MODEL),
+            BufferConfig(**TINY_BUFFER),
+            buffer_copy,
+            log=lambda _l: None,
+        )
     assert _snapshot(buffer_copy) == before
-    outcome("corrupted", "finished buffer with a truncated expert", "refused naming the file, untouched")
+    outcome(
+        "corrupted", "finished buffer with a truncated expert", "refused naming the file, untouched"
+    )
     # the fix the message gives: delete the index and the damaged expert; only it is retrained
     (buffer_copy / "buffer.json").unlink()
     for p in buffer_copy.glob("expert_001.*"):
         p.unlink()
     good = before[_tensor_file(buffer_copy / "expert_000").name]
-    buf = train_experts(tiny_data, ModelConfig(**TINY_MODEL), BufferConfig(**TINY_BUFFER), buffer_copy, log=lambda _l: None)
+    buf = train_experts(
+        tiny_data,
+        ModelConfig(**TINY_MODEL),
+        BufferConfig(**TINY_BUFFER),
+        buffer_copy,
+        log=lambda _l: None,
+    )
     buf.verify()
     assert _tensor_file(buffer_copy / "expert_000").read_bytes() == good
-    outcome("corrupted", "... after deleting the index and that expert", "only it retrained, verified")
+    outcome(
+        "corrupted", "... after deleting the index and that expert", "only it retrained, verified"
+    )
 
 
-@pytest.mark.parametrize("damage", ["bit flip in tensors", "truncated JSON", "tensor_file outside the folder"])
-def test_damaged_checkpoint_is_refused_and_left(tmp_path, tiny_buffer_dir, tiny_data, damage, outcome):
+@pytest.mark.parametrize(
+    "damage", ["bit flip in tensors", "truncated JSON", "tensor_file outside the folder"]
+)
+def test_damaged_checkpoint_is_refused_and_left(
+    tmp_path, tiny_buffer_dir, tiny_data, damage, outcome
+):
     out = tmp_path / "run"
     run = _distiller(tiny_buffer_dir, out, tiny_data, iterations=2)
     run.run()
@@ -85,7 +105,9 @@ def test_damaged_checkpoint_is_refused_and_left(tmp_path, tiny_buffer_dir, tiny_
         _distiller(tiny_buffer_dir, out, tiny_data, iterations=2)
     after = _snapshot(out)
     assert after == before, set(before) ^ set(after)
-    outcome("corrupted", f"distillation checkpoint: {damage}", f"refused ({match}), files untouched")
+    outcome(
+        "corrupted", f"distillation checkpoint: {damage}", f"refused ({match}), files untouched"
+    )
 
 
 def test_truncated_synset_is_refused(tmp_path, tiny_buffer_dir, tiny_data, outcome):
@@ -116,7 +138,9 @@ def _same_result(a: Path, b: Path) -> None:
     assert set(ta) == set(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
-def test_relative_then_absolute_buffer_path_resumes(tmp_path, buffer_copy, tiny_data, monkeypatch, outcome):
+def test_relative_then_absolute_buffer_path_resumes(
+    tmp_path, buffer_copy, tiny_data, monkeypatch, outcome
+):
     ref = tmp_path / "ref"
     _distill(buffer_copy, ref, tiny_data)
     monkeypatch.chdir(tmp_path)
@@ -126,7 +150,11 @@ def test_relative_then_absolute_buffer_path_resumes(tmp_path, buffer_copy, tiny_
     run.run()
     del run
     _same_result(ref, tmp_path / "cut")
-    outcome("paths", "killed with relative buffer path, resumed with absolute", f"resumed at {it}, bitwise")
+    outcome(
+        "paths",
+        "killed with relative buffer path, resumed with absolute",
+        f"resumed at {it}, bitwise",
+    )
 
 
 def test_results_folder_copied_elsewhere_resumes(tmp_path, buffer_copy, tiny_data, outcome):
@@ -145,26 +173,56 @@ def test_results_folder_copied_elsewhere_resumes(tmp_path, buffer_copy, tiny_dat
     outcome("paths", "results folder copied elsewhere mid-run", f"resumed at {it}, bitwise")
 
 
-def test_data_root_spelling_does_not_change_identity(tmp_path, buffer_copy, tiny_data, monkeypatch, outcome):
+def test_data_root_spelling_does_not_change_identity(
+    tmp_path, buffer_copy, tiny_data, monkeypatch, outcome
+):
     """The data path is no part of a buffer's or a run's identity; the data's content is."""
     from dataclasses import replace
 
-    data = replace(tiny_data, config=DataConfig(dataset="cifar10", normalisation="none", data_root="/a/b/../b"))
-    buf = train_experts(data, ModelConfig(**TINY_MODEL), BufferConfig(**TINY_BUFFER), buffer_copy, log=lambda _l: None)
+    data = replace(
+        tiny_data, config=DataConfig(dataset="cifar10", normalisation="none", data_root="/a/b/../b")
+    )
+    buf = train_experts(
+        data,
+        ModelConfig(**TINY_MODEL),
+        BufferConfig(**TINY_BUFFER),
+        buffer_copy,
+        log=lambda _l: None,
+    )
     assert buf.meta["config"]["data"]["data_root"] is None  # built without one: reused all the same
     out = tmp_path / "run"
     _distiller(buffer_copy, out, tiny_data, iterations=2).run()
     (out / "synset.json").unlink()
-    run = Distiller(DistillConfig(**{**TINY_DISTILL, "iterations": 2}), data.config, ExpertBuffer(buffer_copy), data.x_train, data.y_train, out)
+    run = Distiller(
+        DistillConfig(**{**TINY_DISTILL, "iterations": 2}),
+        data.config,
+        ExpertBuffer(buffer_copy),
+        data.x_train,
+        data.y_train,
+        out,
+    )
     assert run.iteration == 2
     del run
-    outcome("paths", "data_root spelled differently (buffer reuse, resume)", "accepted: identity is content")
+    outcome(
+        "paths",
+        "data_root spelled differently (buffer reuse, resume)",
+        "accepted: identity is content",
+    )
     # but other data (one image changed) is another run, and the refusal names the field
     x = tiny_data.x_train.clone()
     x[0, 0, 0, 0] += 1
     with pytest.raises(ArtifactError, match=r"data_digest: '[0-9a-f]+' -> '[0-9a-f]+'"):
-        Distiller(DistillConfig(**{**TINY_DISTILL, "iterations": 2}), data.config, ExpertBuffer(buffer_copy), x, tiny_data.y_train, out)
+        Distiller(
+            DistillConfig(**{**TINY_DISTILL, "iterations": 2}),
+            data.config,
+            ExpertBuffer(buffer_copy),
+            x,
+            tiny_data.y_train,
+            out,
+        )
     with pytest.raises(ArtifactError, match=r"distill\.lr_lr: 1e-05 -> 2e-05"):
         _distiller(buffer_copy, out, tiny_data, iterations=2, lr_lr=2e-5)
-    outcome("paths", "other data / other lr_lr on resume", "refused naming data_digest / distill.lr_lr")
+    outcome(
+        "paths", "other data / other lr_lr on resume", "refused naming data_digest / distill.lr_lr"
+    )
     assert os.path.isdir(out)
