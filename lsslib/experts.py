@@ -232,7 +232,7 @@ def train_experts(
         try:  # sweep the lock files a kill may have left; a live writer is left alone
             with folder_lock(folder, param="buffer_dir", stage="expert buffer"):
                 pass
-        except LockBusy:
+        except (LockBusy, OSError):  # a live writer, or a read-only folder: nothing to sweep
             pass
         buffer = ExpertBuffer(folder)
         buffer.verify()
