@@ -5,8 +5,9 @@
 #   make pipeline PROFILE=cpu   run the Snakemake workflow for one profile
 #   make book PROFILE=cpu       setup + pipeline + strict book build (_build/html)
 #   make unlock PROFILE=cpu     release Snakemake's lock after a crash or kill
-#   make test                   everything CI checks (lint, unit tests, notebook
-#                               pairing, dry runs, smoke pipeline, book, book tests)
+#   make test                   everything CI checks (lint, unit tests, fault-injection
+#                               suite, notebook pairing, dry runs, smoke pipeline,
+#                               book, book tests)
 #   make clean                  remove the built book and caches (keeps results/)
 #
 # Variables: PROFILE (smoke, cpu, paper, paper_cifar100, paper_svhn; default cpu),
@@ -31,10 +32,10 @@ SNAKEMAKE := $(VENV)/bin/snakemake -s workflow/Snakefile
 PROFILES := smoke cpu paper paper_cifar100 paper_svhn
 SETUP_STAMP := $(VENV)/.lsslib-installed
 
-.PHONY: help setup data pipeline unlock book test lint unit notebooks-paired dry-runs book-tests clean
+.PHONY: help setup data pipeline unlock book test lint unit faults notebooks-paired dry-runs book-tests clean
 
 help:
-	@sed -n '1,17p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,18p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- environment -----------------------------------------------------------
 setup: $(SETUP_STAMP)
@@ -77,7 +78,7 @@ book: pipeline
 	bash book/build.sh
 
 # --- checks ----------------------------------------------------------------
-test: setup lint unit notebooks-paired dry-runs
+test: setup lint unit faults notebooks-paired dry-runs
 	$(MAKE) pipeline PROFILE=smoke DEVICE=cpu
 	bash book/build.sh
 	$(MAKE) book-tests
@@ -88,6 +89,11 @@ lint: setup
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit
+
+# Kills after every file operation of a write, concurrent writers, a simulated full
+# disk, corrupted files, respelled paths; prints a table of cases and outcomes.
+faults: setup
+	$(VENV)/bin/pytest tests/faults
 
 # The .py (jupytext percent) files are the source; each committed .ipynb must be
 # what jupytext makes of its .py. `--update` keeps the .ipynb's outputs and

@@ -78,7 +78,7 @@ def check_range(
     lo_open: bool = False,
     allow_none: bool = False,
 ) -> None:
-    """Raise ``ValueError`` unless ``value`` is a number in ``[lo, hi]``.
+    """Raise ``ValueError`` unless ``value`` is a finite number in ``[lo, hi]``.
 
     Args:
         name: parameter name used in the message.
@@ -92,11 +92,13 @@ def check_range(
     """
     if value is None and allow_none:
         return
-    kind = "an integer" if integer else "a number"
+    # unbounded ends are open: inf and nan are never allowed, and the message says so
+    kind = "an integer" if integer else "a finite number"
     lo_s = "-inf" if lo is None else f"{lo:g}"
     hi_s = "inf" if hi is None else f"{hi:g}"
-    bracket = "(" if lo_open else "["
-    desc = f"{kind} in {bracket}{lo_s}, {hi_s}]" + (" or None" if allow_none else "")
+    bracket = "(" if lo_open or lo is None else "["
+    closing = ")" if hi is None else "]"
+    desc = f"{kind} in {bracket}{lo_s}, {hi_s}{closing}" + (" or None" if allow_none else "")
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
         _fail(name, value, desc)

@@ -13,9 +13,17 @@ Where the data is looked for (:func:`find_data_root`), first hit wins:
 3. ``./data`` under the current folder;
 4. ``../shared/data`` beside the current folder, then beside the repository.
 
-A root may hold an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``), a
+A ``data_root`` given explicitly must exist and hold the dataset (a misspelled
+path is an error, never skipped). A root may hold an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``), a
 ``cifar10-jpeg.tar.xz`` archive of one (unpacked into the cache on first use), or
-torchvision's own files; with none of these, torchvision downloads.
+torchvision's own files; with none of these, torchvision downloads, after a
+quick check that its server can be reached: offline, the load fails at once with
+what to do, and leaves no folder behind. Free space is checked before
+unpacking an archive, before a download, and before every cache write.
+
+Writers of the cache take a lock per entry (:func:`lsslib.locking.file_lock`):
+two processes on a cold cache decode (or unpack) an entry once, the second
+waiting for the first and then reading its result.
 
 Cache keys. A decoded split is cached under ``<dataset>_<digest of the source
 path>_<split>``, and its metadata keeps the source's fingerprint (resolved path,
@@ -32,7 +40,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import tarfile
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +51,9 @@ import kornia.enhance as KE
 import torch
 from torch import Tensor
 
-from .artifacts import ArtifactError, load_artifact, read_metadata, save_artifact
+from .artifacts import ArtifactError, check_free_space, load_artifact, read_metadata, save_artifact
 from .config import DataConfig
+from .locking import file_lock
 
 __all__ = [
     "RealData",
@@ -61,6 +73,29 @@ _TORCHVISION = {
     "cifar10": "cifar-10-batches-py",
     "cifar100": "cifar-100-python",
     "svhn": "train_32x32.mat",
+}
+#: Images per split of the datasets torchvision downloads (for the disk check).
+_SPLIT_SIZES = {
+    ("cifar10", "train"): 50000,
+    ("cifar10", "test"): 10000,
+    ("cifar100", "train"): 50000,
+    ("cifar100", "test"): 10000,
+    ("svhn", "train"): 73257,
+    ("svhn", "test"): 26032,
+}
+#: Bytes torchvision downloads and unpacks per dataset (archive + files, rounded up).
+_DOWNLOAD_BYTES = {"cifar10": 350_000_000, "cifar100": 350_000_000, "svhn": 250_000_000}
+#: Where torchvision downloads each dataset from (checked before downloading).
+_DOWNLOAD_HOSTS = {
+    "cifar10": "www.cs.toronto.edu",
+    "cifar100": "www.cs.toronto.edu",
+    "svhn": "ufldl.stanford.edu",
+}
+#: The files a data root must hold to be used offline, per dataset (for messages).
+_OFFLINE_FILES = {
+    "cifar10": "cifar10-jpeg.tar.xz, an ImageFolder train/ and test/, or cifar-10-batches-py/",
+    "cifar100": "cifar-100-python/ (torchvision's CIFAR-100) or an ImageFolder train/ and test/",
+    "svhn": "train_32x32.mat and test_32x32.mat (torchvision's SVHN)",
 }
 _MEANS = {
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
@@ -106,7 +141,8 @@ def find_data_root(dataset: str, data_root: str | None = None) -> Path | None:
         ``./data``).
 
     Raises:
-        ValueError: ``data_root`` given but missing, for ``imagefolder``.
+        ValueError: ``data_root`` given but not an existing folder, or a folder that
+            does not hold ``dataset`` (a misspelled path is never skipped silently).
     """
     if dataset == "imagefolder":
         root = Path(data_root or "")
@@ -114,6 +150,21 @@ def find_data_root(dataset: str, data_root: str | None = None) -> Path | None:
             raise ValueError(
                 f"invalid parameter data_root={data_root!r}: allowed a folder with train/<class>/ "
                 "and test/<class>/ image folders"
+            )
+        return root
+    if data_root:
+        root = Path(data_root)
+        if not root.is_dir():
+            raise ValueError(
+                f"invalid parameter data_root={data_root!r}: no such folder; allowed an existing "
+                f"folder holding {_OFFLINE_FILES.get(dataset, 'the dataset')}, or None to look in "
+                "$LSS_DATA_ROOT, ./data and ../shared/data"
+            )
+        if not _has_dataset(root, dataset):
+            raise ValueError(
+                f"invalid parameter data_root={data_root!r}: the folder holds no {dataset}; allowed "
+                f"a folder holding {_OFFLINE_FILES.get(dataset, 'the dataset')}, or None to look in "
+                "$LSS_DATA_ROOT, ./data and ../shared/data (and otherwise download)"
             )
         return root
     for root in _candidates(data_root):
@@ -189,6 +240,11 @@ def _split_stem(dataset: str, split: str, source: Path) -> Path:
 
 
 def _unpack_archive(archive: Path) -> Path:
+    """Unpack ``archive`` into the cache once (one process at a time; others wait).
+
+    Raises:
+        DiskFull: the unpacked files (4 KiB blocks each) do not fit in the cache.
+    """
     fp = source_fingerprint(archive)
     dest = (
         cache_dir() / f"{archive.name.replace('.tar.xz', '')}_{_digest(repr(sorted(fp.items())))}"
@@ -196,17 +252,28 @@ def _unpack_archive(archive: Path) -> Path:
     marker = dest / ".complete"
     if marker.is_file():
         return dest
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)  # a previous unpack that was interrupted
-    tmp.mkdir(parents=True)
-    with tarfile.open(archive, "r:xz") as tar:
-        tar.extractall(tmp, filter="data")
-    # the archive holds train/ and test/ either at its top or inside one folder
-    src = tmp if (tmp / "train").is_dir() else next(p for p in tmp.iterdir() if p.is_dir())
-    shutil.rmtree(dest, ignore_errors=True)
-    src.rename(dest)
-    shutil.rmtree(tmp, ignore_errors=True)
-    marker.touch()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(
+        dest.with_name(f".{dest.name}.lock"), what=f"the unpacked {archive.name}", on_wait=print
+    ):
+        if marker.is_file():  # unpacked by the process we waited for
+            return dest
+        for stale in dest.parent.glob(f".{dest.name}.partial*"):  # interrupted unpacks
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial", dir=dest.parent))
+        try:
+            with tarfile.open(archive, "r:xz") as tar:
+                members = tar.getmembers()
+                need = sum(-(-m.size // 4096) * 4096 + 4096 for m in members)
+                check_free_space(dest.parent, need, what=f"unpacked {archive.name}")
+                tar.extractall(tmp, members=members, filter="data")
+            # the archive holds train/ and test/ either at its top or inside one folder
+            src = tmp if (tmp / "train").is_dir() else next(p for p in tmp.iterdir() if p.is_dir())
+            shutil.rmtree(dest, ignore_errors=True)
+            src.rename(dest)
+            marker.touch()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -240,10 +307,50 @@ def _decode_imagefolder(root: Path, split: str) -> tuple[Tensor, Tensor, list[st
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes
 
 
+def _can_reach(host: str, timeout: float = 4.0) -> bool:
+    """Whether a TCP connection to ``host:443`` opens within ``timeout`` seconds
+    (name lookup included: it runs in a thread that is abandoned after the timeout)."""
+    if os.environ.get("LSS_OFFLINE") == "1":
+        return False
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok)
+
+
+def _check_download(dataset: str) -> None:
+    """Fail fast, before creating anything, when torchvision could not download ``dataset``.
+
+    Raises:
+        OSError: saying where to put the files instead.
+    """
+    host = _DOWNLOAD_HOSTS.get(dataset)
+    if host is not None and not _can_reach(host):
+        raise OSError(
+            f"{dataset} was not found locally and cannot be downloaded: {host} is not reachable "
+            f"(offline?). Put {_OFFLINE_FILES[dataset]} under a folder and pass it as data_root "
+            "or set LSS_DATA_ROOT to it (or put them under ./data), then rerun. Looked in: "
+            + ", ".join(str(p) for p in _candidates(None))
+        )
+
+
 def _torchvision_split(dataset: str, root: Path, split: str) -> tuple[Tensor, Tensor, list[str]]:
     import numpy as np
     import torchvision.datasets as tvd
 
+    have = root / (f"{split}_32x32.mat" if dataset == "svhn" else _TORCHVISION[dataset])
+    if not have.exists():  # torchvision will download: refuse before it starts
+        _check_download(dataset)
+        check_free_space(root, _DOWNLOAD_BYTES.get(dataset, 0), what=f"{dataset} download")
     train = split == "train"
     if dataset == "svhn":
         ds = tvd.SVHN(str(root), split=split, download=True)
@@ -268,24 +375,62 @@ def load_split_uint8(
 
     Returns:
         ``(images, labels, classes)``: uint8 ``[N, C, H, W]``, int64 ``[N]``, class names.
+
+    Raises:
+        ValueError: a ``data_root`` that does not exist or lacks the dataset.
+        OSError: the dataset is nowhere on disk and its server cannot be reached (at
+            once, nothing created); ``DiskFull`` when the cache entry would not fit.
     """
     root = find_data_root(dataset, data_root)
     src = _source_path(dataset, root)
     stem = _split_stem(dataset, split, src)
-    fingerprint = source_fingerprint(src)
+    cached = _read_cached(stem, source_fingerprint(src))
+    if cached is not None:
+        return cached
+    download = root is None  # torchvision may download into ./data
+    dl_root = root or (Path.cwd() / "data")
+    created = [p for p in (dl_root, cache_dir()) if not p.exists()]
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(
+            stem.with_name(f".{stem.name}.lock"),
+            what=f"the cached {dataset} {split}",
+            on_wait=print,
+        ):
+            cached = _read_cached(stem, source_fingerprint(src))  # decoded by the one we waited for
+            if cached is not None:
+                return cached
+            return _decode_split(dataset, split, root, src, stem)
+    except BaseException:
+        if download:  # a failed download leaves nothing behind
+            for p in created:
+                shutil.rmtree(p, ignore_errors=True)
+        raise
+
+
+def _read_cached(stem: Path, fingerprint: dict) -> tuple[Tensor, Tensor, list[str]] | None:
     try:
         if read_metadata(stem, kind="dataset").get("fingerprint") == fingerprint:
             tensors, meta = load_artifact(stem, kind="dataset")
             return tensors["images"], tensors["labels"], list(meta["classes"])
     except ArtifactError:
         pass  # missing, stale or damaged: decode again
+    return None
+
+
+def _decode_split(
+    dataset: str, split: str, root: Path | None, src: Path, stem: Path
+) -> tuple[Tensor, Tensor, list[str]]:
+    fingerprint = source_fingerprint(src)
     if dataset in _ARCHIVES and src.name == _ARCHIVES[dataset] and src.is_file():
         x, y, classes = _decode_imagefolder(_unpack_archive(src), split)
         source = str(src)
     elif (src / "train").is_dir():
         x, y, classes = _decode_imagefolder(src, split)
         source = str(src)
-    else:
+    else:  # images of a known count: refuse before downloading or decoding
+        n = _SPLIT_SIZES[(dataset, split)]
+        check_free_space(stem.parent, n * (3 * 32 * 32 + 8), what=f"cached {dataset} {split}")
         dl_root = root or (Path.cwd() / "data")
         x, y, classes = _torchvision_split(dataset, dl_root, split)
         source = f"torchvision:{dl_root}"

@@ -25,9 +25,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .artifacts import ArtifactError, atomic_write_text, load_artifact, save_artifact
-from .config import DataConfig, DistillConfig
-from .experts import ExpertBuffer
+from .artifacts import (
+    ArtifactError,
+    atomic_write_text,
+    check_outputs_fit,
+    clean_stale,
+    config_diff,
+    load_artifact,
+    save_artifact,
+    tensors_bytes,
+)
+from .config import DataConfig, DistillConfig, ModelConfig
+from .experts import ExpertBuffer, content_identity
+from .locking import check_output_folder, hold_folder
 from .matching import matching_loss
 from .parameterisations import Labels, Layout, SynSet
 from .plan import make_plan, plan_to, sample_start_epoch
@@ -71,8 +81,11 @@ class Distiller:
         x_real, y_real: float32 ``[N, C, H, W]`` and int64 ``[N]`` real training images
             (normalised; on ``device``) for the initialisation.
         out_dir: run folder (:class:`lsslib.results.RunPaths`: ``checkpoint.*``,
-            ``synset.*``, ``log.csv``).
+            ``synset.*``, ``log.csv``); held locked by this object (one writer per run
+            folder, :mod:`lsslib.locking`).
         device: where the student runs.
+        model_cfg: the stage's model parameters, checked against the buffer's network
+            (``None``: take the buffer's network unchecked).
         layout: the run's :class:`~lsslib.parameterisations.Layout` when the caller has
             solved it already (:meth:`lsslib.config.DistillConfig.check_against`);
             ``None`` solves it here.
@@ -80,10 +93,21 @@ class Distiller:
             that it can be shown without the dataset (``None``: not saved).
         class_names: class names in label order, saved with the set.
 
+    The run's identity (what a checkpoint must match to be resumed) is its
+    configuration, the buffer's identity digest and a digest of the real data
+    (:func:`lsslib.experts.content_identity`), never a path.
+
     Raises:
-        ValueError: invalid cross-field parameters (rank vs image side, budget,
-            start epochs vs the buffer's epochs, batch_syn vs the set size).
-        BufferMismatch: the buffer belongs to another model, dataset or normalisation.
+        ValueError: ``out_dir`` is an existing file; invalid cross-field parameters
+            (rank vs image side, budget, start epochs vs the buffer's epochs, batch_syn
+            vs the set size).
+        BufferMismatch: the buffer belongs to another model (naming every differing
+            field), dataset or normalisation.
+        LockBusy: another process writes into ``out_dir``.
+        ArtifactError: ``out_dir`` holds a damaged checkpoint or one of another run
+            (naming the differing fields).
+        DiskFull: the run's peak on disk does not fit (checkpoint and synthetic set,
+            two checkpoints during a write).
     """
 
     def __init__(
@@ -95,6 +119,7 @@ class Distiller:
         y_real: Tensor,
         out_dir: str | Path,
         device: str | torch.device = "cpu",
+        model_cfg: ModelConfig | None = None,
         *,
         layout: Layout | None = None,
         normaliser: Any = None,
@@ -102,7 +127,9 @@ class Distiller:
     ) -> None:
         self.cfg, self.data_cfg, self.buffer = cfg, data_cfg, buffer
         self.device = torch.device(device)
-        self.out_dir = Path(out_dir)
+        self.out_dir = check_output_folder(out_dir, "out_dir")
+        if model_cfg is not None:
+            buffer.check_model(model_cfg)
         self.paths = RunPaths(self.out_dir)
         self.normaliser, self.class_names = normaliser, class_names
         c, side = x_real.shape[1], x_real.shape[2]
@@ -148,12 +175,20 @@ class Distiller:
         n = self.layout.images_per_class * k
         self.batch_syn = cfg.batch_syn or n
         self.full_config = {
-            "data": data_cfg.to_dict(),
+            **content_identity(data_cfg, buffer, x_real, y_real),
             "distill": cfg.to_dict(),
-            "buffer": str(buffer.folder),
             "spec": self.spec.to_dict(),
         }
-        self._resume()
+        one_ckpt = tensors_bytes(self._state_tensors())
+        one_syn = tensors_bytes(self.synset.tensors())
+        outputs = {"checkpoint": (one_ckpt, 2), "synset": (one_syn, 1)}
+        check_outputs_fit(self.out_dir, outputs, what="distillation run")
+        self._lock = hold_folder(self.out_dir, param="out_dir", stage="distillation")
+        try:
+            self._resume()
+        except BaseException:
+            self._lock.release()  # a refused resume does not keep the folder
+            raise
 
     # ------------------------------------------------------------------ state
     def _state_tensors(self) -> dict[str, Tensor]:
@@ -179,6 +214,7 @@ class Distiller:
 
     def _resume(self) -> None:
         stem = self.paths.checkpoint
+        clean_stale(stem)  # what a killed checkpoint write left behind
         if not stem.with_suffix(".json").is_file():
             return
         t, meta = load_artifact(
@@ -188,8 +224,10 @@ class Distiller:
             rebuild_hint=f"Delete {stem}.* to restart the run.",
         )
         if meta["config"] != self.full_config:
+            diff = "; ".join(config_diff(meta["config"], self.full_config))
             raise ArtifactError(
-                f"{stem}.json: checkpoint of a run with other parameters; delete {self.out_dir} or choose another out_dir"
+                f"{stem}.json: checkpoint of a run with other parameters ({diff}; checkpoint's "
+                f"value -> this run's); delete {self.out_dir} or choose another out_dir"
             )
         with torch.no_grad():
             for name, p in self.synset.named_parameters():

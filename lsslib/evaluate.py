@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .artifacts import check_free_space
 from .config import DataConfig, EvalConfig, ModelConfig
 from .data import RealData, class_balanced_indices
+from .locking import FolderLock, hold_folder
 from .models import ConvNetSpec, init_flat
 from .training import TrainState, accuracy, train_nets
 
@@ -32,7 +35,28 @@ __all__ = [
     "spec_for",
     "eval_lr",
     "check_set_matches",
+    "claim_out_dir",
 ]
+
+#: Bytes an evaluation folder needs at most (metrics JSON, tables, one PNG curve).
+EVAL_OUTPUT_BYTES = 5_000_000
+
+
+def claim_out_dir(out_dir: str | Path, *, need_bytes: int = EVAL_OUTPUT_BYTES) -> FolderLock:
+    """Take the evaluation folder for this process, before any work (issue 11).
+
+    Refuses an ``out_dir`` that is a file, a folder another process is writing
+    into (one writer per folder, :mod:`lsslib.locking`) and a disk without
+    ``need_bytes`` free. Keep the returned lock while writing.
+
+    Raises:
+        ValueError: ``out_dir`` is or lies under a file.
+        LockBusy: another process holds the folder (its pid and command named).
+        DiskFull: not enough free space.
+    """
+    lock = hold_folder(out_dir, param="out_dir", stage="evaluation")
+    check_free_space(out_dir, need_bytes, what="evaluation outputs")
+    return lock
 
 
 @dataclass

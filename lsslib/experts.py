@@ -5,6 +5,10 @@ Layout of a buffer folder::
     buffer.json                    index, written last: config, spec, experts, accuracies
     expert_000.safetensors/.json   trajectory float32 [T+1, P] (epochs 0..T), accuracies
     group_000/epoch_003.*          resume state of a group in training (removed when done)
+    .lsslib.lock                   present while a process trains into the folder
+
+(each ``NAME.safetensors`` is really ``NAME.<sha12>.safetensors``, named by the JSON:
+see :mod:`lsslib.artifacts`).
 
 Experts are trained ``experts_per_group`` at a time (:func:`lsslib.training.train_nets`);
 expert ``i`` draws its initialisation, shuffles and DSA from its own generator
@@ -12,12 +16,19 @@ seeded ``expert_seed + i``, so the trajectories do not depend on the grouping.
 After every epoch the group's parameters, momentum, generator states and
 accuracies are saved atomically; a killed run restarts at the group and epoch
 where it stopped and ends with the same tensors (bitwise on CPU).
+
+One process trains into a folder at a time (:func:`lsslib.locking.hold_folder`);
+the disk check counts the true peak, group states included
+(:func:`buffer_peak_bytes`); a finished buffer is reused only after every expert
+file's checksum has been verified (:meth:`ExpertBuffer.verify`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,13 +36,32 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .artifacts import ArtifactError, check_free_space, load_artifact, read_metadata, save_artifact
+from .artifacts import (
+    ArtifactError,
+    artifact_files,
+    check_free_space,
+    config_diff,
+    load_artifact,
+    read_metadata,
+    save_artifact,
+    sha256_file,
+    tensor_digest,
+)
 from .config import BufferConfig, DataConfig, ModelConfig
 from .data import RealData
+from .locking import LockBusy, check_output_folder, folder_lock
 from .models import ConvNetSpec, init_flat
 from .training import TrainState, accuracy, train_nets
 
-__all__ = ["train_experts", "ExpertBuffer", "buffer_bytes", "BufferMismatch"]
+__all__ = [
+    "train_experts",
+    "ExpertBuffer",
+    "buffer_bytes",
+    "buffer_peak_bytes",
+    "BufferMismatch",
+    "model_mismatches",
+    "content_identity",
+]
 
 
 #: Test images used for the per-epoch accuracy curves of the experts (a fixed random subset).
@@ -45,6 +75,94 @@ class BufferMismatch(ValueError):
 def buffer_bytes(spec: ConvNetSpec, cfg: BufferConfig) -> int:
     """Bytes on disk of a finished buffer: E x (T+1) x P float32 (plus small metadata)."""
     return cfg.num_experts * (cfg.train_epochs + 1) * spec.num_params * 4
+
+
+#: Allowance for the JSON files and safetensors headers of a buffer (bytes).
+_METADATA_BYTES = 1 << 20
+
+
+def buffer_peak_bytes(spec: ConvNetSpec, cfg: BufferConfig) -> int:
+    """The most bytes a buffer folder holds at any moment of training.
+
+    A group of ``n`` experts saves after epoch ``k`` a state of ``(k + 3) n P``
+    float32 (parameters, momentum and the ``k + 1`` snapshots so far) and the ``n``
+    generator states; the state of
+    epoch ``k - 1`` is deleted only after it, so two states lie side by side
+    (``(2T + 5) n P`` at the last epoch). After the last epoch the group's ``n``
+    expert files are written while its last state still exists (``(2T + 4) n P``).
+    Experts of earlier groups are on disk throughout.
+
+    Returns:
+        Bytes (float32 payload plus :data:`_METADATA_BYTES`).
+    """
+    per = spec.num_params * 4
+    rng = torch.Generator().get_state().numel()  # bytes of one generator's state, per expert
+    t = cfg.train_epochs
+    peak = done = 0
+    for g0 in range(0, cfg.num_experts, cfg.experts_per_group):
+        n = min(cfg.experts_per_group, cfg.num_experts - g0)
+        peak = max(peak, done + (2 * t + 5) * n * per + 2 * n * rng)
+        done += n * (t + 1) * per
+    return max(peak, done) + _METADATA_BYTES
+
+
+def _folder_bytes(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+#: ModelConfig field -> ConvNetSpec field.
+_MODEL_FIELDS = {
+    "net_depth": "depth",
+    "net_width": "width",
+    "net_norm": "norm",
+    "net_pooling": "pooling",
+}
+
+
+def model_mismatches(spec: ConvNetSpec | Mapping[str, object], model_cfg: ModelConfig) -> list[str]:
+    """The fields where ``model_cfg`` asks for another network than ``spec``.
+
+    Args:
+        spec: a buffer's (or synthetic set's) network, as a spec or its ``to_dict()``.
+        model_cfg: the model parameters a stage was given.
+
+    Returns:
+        Lines ``"net_width: the buffer has 8, the parameters ask for 32"``; empty if equal.
+    """
+    have = spec.to_dict() if isinstance(spec, ConvNetSpec) else dict(spec)
+    out = []
+    for name, field in _MODEL_FIELDS.items():
+        want = getattr(model_cfg, name)
+        if have.get(field) != want:
+            out.append(
+                f"{name}: the buffer has {have.get(field)!r}, the parameters ask for {want!r}"
+            )
+    return out
+
+
+def _without_paths(data_cfg: Mapping[str, object]) -> dict[str, object]:
+    """A data configuration without its path (where the data was found is no part of
+    what the data is; its content is fingerprinted instead)."""
+    return {k: v for k, v in data_cfg.items() if k != "data_root"}
+
+
+def content_identity(
+    data_cfg: DataConfig, buffer: ExpertBuffer, x_real: Tensor, y_real: Tensor
+) -> dict[str, object]:
+    """What a distillation run is, apart from its own parameters: no paths (issue 11).
+
+    Returns:
+        ``{"data": data configuration without data_root, "buffer_digest": the buffer's
+        :meth:`ExpertBuffer.identity_digest`, "data_digest": sha256 of the real images
+        and labels the run starts from}``.
+    """
+    return {
+        "data": _without_paths(data_cfg.to_dict()),
+        "buffer_digest": buffer.identity_digest(),
+        "data_digest": tensor_digest(x_real, y_real),
+    }
 
 
 def _identity(data_cfg: DataConfig, spec: ConvNetSpec) -> dict[str, Any]:
@@ -86,10 +204,14 @@ def train_experts(
         The finished :class:`ExpertBuffer`.
 
     Raises:
+        ValueError: ``folder`` (``buffer_dir``) is an existing file.
         BufferMismatch: ``folder`` holds a buffer of another configuration.
-        OSError: not enough free disk space for the buffer (checked before training).
+        ArtifactError: ``folder`` holds a finished buffer with a damaged expert file.
+        LockBusy: another process is training into ``folder``.
+        DiskFull: not enough free disk space for the training's peak (checked before
+            training; :func:`buffer_peak_bytes`).
     """
-    folder = Path(folder)
+    folder = check_output_folder(folder, "buffer_dir")
     spec = ConvNetSpec.from_config(
         model_cfg, channels=data.channels, side=data.side, num_classes=data.num_classes
     )
@@ -102,18 +224,37 @@ def train_experts(
     index = folder / "buffer"
     if index.with_suffix(".json").is_file():
         meta = read_metadata(index, kind="buffer", rebuild_hint=_rebuild(folder))
-        if meta["config"] != full_config:
+        if not _same_config(meta["config"], full_config):
             raise BufferMismatch(
                 f"{folder} holds a buffer built with other parameters; choose another buffer_dir or "
                 f"delete the folder. Differences: {_diff(meta['config'], full_config)}"
             )
-        log(f"buffer complete in {folder}: reusing it")
-        return ExpertBuffer(folder)
-    need = buffer_bytes(spec, cfg)
+        try:  # sweep the lock files a kill may have left; a live writer is left alone
+            with folder_lock(folder, param="buffer_dir", stage="expert buffer"):
+                pass
+        except (LockBusy, OSError):  # a live writer, or a read-only folder: nothing to sweep
+            pass
+        buffer = ExpertBuffer(folder)
+        buffer.verify()
+        log(f"buffer complete in {folder} (checksums verified): reusing it")
+        return buffer
+    with folder_lock(folder, param="buffer_dir", stage="expert buffer"):
+        return _train(
+            data, model_cfg, cfg, folder, spec, ident, full_config, log, progress, vectorise
+        )
+
+
+def _train(data, model_cfg, cfg, folder, spec, ident, full_config, log, progress, vectorise):
+    index = folder / "buffer"
+    final = buffer_bytes(spec, cfg)
+    peak = buffer_peak_bytes(spec, cfg)
+    have = _folder_bytes(folder)
     log(
-        f"buffer estimate: {cfg.num_experts} experts x {cfg.train_epochs + 1} snapshots x {spec.num_params} params = {need / 1e6:.1f} MB"
+        f"buffer estimate: {cfg.num_experts} experts x {cfg.train_epochs + 1} snapshots x "
+        f"{spec.num_params} params = {final / 1e6:.1f} MB; peak during training "
+        f"{peak / 1e6:.1f} MB (group states included), {have / 1e6:.1f} MB already there"
     )
-    check_free_space(folder, need, what="expert buffer")
+    check_free_space(folder, peak - have, what="expert buffer (training peak)")
     dev = data.x_train.device
     x_curve, y_curve = data.test_subset(CURVE_TEST_IMAGES)
     total_epochs = cfg.num_experts * cfg.train_epochs
@@ -122,11 +263,12 @@ def train_experts(
     for g0 in range(0, cfg.num_experts, cfg.experts_per_group):
         ids = list(range(g0, min(g0 + cfg.experts_per_group, cfg.num_experts)))
         done = [_expert_ok(folder, i, full_config) for i in ids]
+        gdir = folder / f"group_{g0:03d}"
         if all(done):
             for i in ids:
                 accs[i] = read_metadata(folder / f"expert_{i:03d}", kind="expert")["accuracy"]
+            shutil.rmtree(gdir, ignore_errors=True)  # a kill after the experts, before this
             continue
-        gdir = folder / f"group_{g0:03d}"
         state, snaps, acc = _resume_group(gdir, spec, ids, cfg, dev, full_config)
         if state is None:
             gens = [torch.Generator().manual_seed(cfg.expert_seed + i) for i in ids]
@@ -156,8 +298,8 @@ def train_experts(
             )
             for old in gdir.glob("epoch_*.json"):
                 if old.stem != f"epoch_{st.epoch:03d}":
-                    old.unlink(missing_ok=True)
-                    old.with_suffix(".safetensors").unlink(missing_ok=True)
+                    for f in artifact_files(old.with_suffix("")):
+                        f.unlink(missing_ok=True)
             if progress is not None:
                 progress(g0 * cfg.train_epochs + len(ids) * st.epoch, total_epochs)
 
@@ -204,22 +346,33 @@ def train_experts(
     return ExpertBuffer(folder)
 
 
+def _comparable(config: Mapping) -> dict:
+    """A buffer configuration without the data path (a respelled path is the same data)."""
+    out = dict(config)
+    if isinstance(out.get("data"), Mapping):
+        out["data"] = _without_paths(out["data"])
+    return out
+
+
+def _same_config(a: Mapping, b: Mapping) -> bool:
+    return _comparable(a) == _comparable(b)
+
+
 def _diff(a: dict, b: dict) -> str:
-    out = []
-    for block in sorted(set(a) | set(b)):
-        x, y = a.get(block, {}), b.get(block, {})
-        for k in sorted(set(x) | set(y)):
-            if x.get(k) != y.get(k):
-                out.append(f"{block}.{k}: {x.get(k)!r} -> {y.get(k)!r}")
-    return "; ".join(out) or "none"
+    return "; ".join(config_diff(_comparable(a), _comparable(b))) or "none"
 
 
 def _expert_ok(folder: Path, i: int, full_config: dict) -> bool:
+    """Expert ``i`` is finished, of this configuration, and its tensor file is intact."""
+    stem = folder / f"expert_{i:03d}"
     try:
-        meta = read_metadata(folder / f"expert_{i:03d}", kind="expert")
+        meta = read_metadata(stem, kind="expert")
     except ArtifactError:
         return False
-    return meta["config"] == full_config
+    files = artifact_files(stem)
+    if len(files) != 2 or sha256_file(files[1]) != meta.get("sha256"):
+        return False
+    return _same_config(meta["config"], full_config)
 
 
 def _resume_group(
@@ -231,7 +384,7 @@ def _resume_group(
             t, meta = load_artifact(js.with_suffix(""), kind="expert_group_state")
         except ArtifactError:
             continue
-        if meta["config"] != full_config or meta["experts"] != ids:
+        if not _same_config(meta["config"], full_config) or meta["experts"] != ids:
             continue
         gens = [torch.Generator() for _ in ids]
         state = TrainState(t["flats"].to(dev), t["momentum"].to(dev), gens, int(meta["epoch"]))
@@ -280,6 +433,64 @@ class ExpertBuffer:
                     "buffer of this configuration."
                 )
 
+    def check_model(self, model_cfg: ModelConfig) -> None:
+        """Refuse model parameters that ask for another network than the buffer's.
+
+        Raises:
+            BufferMismatch: naming every differing field, the buffer's value and the
+                requested one.
+        """
+        bad = model_mismatches(self.spec, model_cfg)
+        if bad:
+            raise BufferMismatch(
+                f"buffer {self.folder} was trained for another network than these model "
+                f"parameters ask for: {'; '.join(bad)}. Set the model parameters to the "
+                f"buffer's, or point buffer_dir at a buffer of this network. {_rebuild(self.folder)}"
+            )
+
+    def verify(self) -> None:
+        """Check every expert file against its recorded sha256 (streaming, no tensors built).
+
+        Raises:
+            ArtifactError: naming every missing or damaged expert and how to rebuild
+                only those.
+        """
+        bad = []
+        for i in range(self.num_experts):
+            stem = self.folder / f"expert_{i:03d}"
+            try:
+                meta = read_metadata(stem, kind="expert")
+            except ArtifactError as exc:
+                bad.append(f"expert_{i:03d}: {exc}")
+                continue
+            files = artifact_files(stem)
+            if len(files) != 2:
+                bad.append(f"{stem.name}: tensor file {meta.get('tensor_file')} missing")
+            elif sha256_file(files[1]) != meta.get("sha256"):
+                bad.append(f"{files[1].name}: sha256 does not match (truncated or corrupted)")
+        if bad:
+            raise ArtifactError(
+                f"buffer {self.folder} is damaged: {'; '.join(bad)}. Delete "
+                f"{self.folder / 'buffer.json'} and the damaged expert_NNN.* files, then rerun the "
+                "buffers stage: only those experts are trained again."
+            )
+
+    def identity_digest(self) -> str:
+        """sha256 of what the buffer is: its configuration (without data paths), its
+        network and data identity, and every expert file's recorded sha256.
+
+        Independent of where the folder lies or how its path is spelled.
+        """
+        experts = []
+        for i in range(self.num_experts):
+            experts.append(read_metadata(self.folder / f"expert_{i:03d}", kind="expert")["sha256"])
+        record = {
+            "config": _comparable(self.meta["config"]),
+            "identity": self.meta["identity"],
+            "experts": experts,
+        }
+        return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
     def _load_uncached(self, i: int) -> Tensor:
         t, _ = load_artifact(
             self.folder / f"expert_{i:03d}", kind="expert", rebuild_hint=_rebuild(self.folder)
@@ -305,6 +516,7 @@ class ExpertBuffer:
         }
 
     def disk_bytes(self) -> int:
+        """Bytes of the expert tensor files."""
         return sum(p.stat().st_size for p in self.folder.glob("expert_*.safetensors"))
 
     def __repr__(self) -> str:

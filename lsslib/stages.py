@@ -206,7 +206,8 @@ def distill(
         real.x_train,
         real.y_train,
         out_dir,
-        device=device,
+        device,
+        model_cfg,
         layout=lay,
         normaliser=real.normaliser,
         class_names=real.classes,
@@ -283,6 +284,36 @@ def evaluate_set(
     check_choice("baseline", subject, EVAL_SUBJECTS)
     check_range("real_ipc", real_ipc, lo=1, integer=True)
     data_cfg, model_cfg, eval_cfg = (cls.from_params(params) for cls in STAGE_CONFIGS["evaluate"])
+    with evaluate.claim_out_dir(out_dir):  # one writer, disk checked, before any work
+        return _evaluate_set(
+            data_cfg,
+            model_cfg,
+            eval_cfg,
+            subject,
+            out_dir,
+            device,
+            synset_dir=synset_dir,
+            real_ipc=real_ipc,
+            buffer_dir=buffer_dir,
+            profile=profile,
+            real=real,
+        )
+
+
+def _evaluate_set(
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    eval_cfg: Any,
+    subject: str,
+    out_dir: str | Path,
+    device: torch.device,
+    *,
+    synset_dir: str | Path | None,
+    real_ipc: int,
+    buffer_dir: str | Path | None,
+    profile: str | None,
+    real: data.RealData | None,
+) -> EvalRecord:
     real = real if real is not None else data.load_data(data_cfg, device)
     spec = evaluate.spec_for(model_cfg, real)
     source = ""

@@ -14,7 +14,6 @@ from lsslib.artifacts import (
     SCHEMA_VERSION,
     ArtifactError,
     atomic_path,
-    atomic_write_json,
     load_artifact,
     read_metadata,
     save_artifact,
@@ -34,6 +33,11 @@ def sample_tensors() -> dict[str, torch.Tensor]:
     }
 
 
+def _tensor_file(stem: Path) -> Path:
+    """The tensor file that ``stem.json`` commits."""
+    return stem.with_name(read_metadata(stem)["tensor_file"])
+
+
 def test_round_trip(tmp_path):
     tensors = sample_tensors()
     jpath = save_artifact(
@@ -50,8 +54,10 @@ def test_round_trip(tmp_path):
     assert meta["lsslib_version"] == lsslib.__version__
     assert meta["torch_version"] == torch.__version__
     assert read_metadata(tmp_path / "a")["kind"] == "thing"
-    # nothing but the two files (no temporary leftovers)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors"]
+    # nothing but the two files (no temporary leftovers, no lock file); the tensor file is
+    # named by its content's sha256 and recorded in the JSON
+    assert meta["tensor_file"] == f"a.{meta['sha256'][:12]}.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.json", meta["tensor_file"]])
 
 
 def test_kind_mismatch_and_missing_files(tmp_path):
@@ -60,14 +66,14 @@ def test_kind_mismatch_and_missing_files(tmp_path):
         load_artifact(tmp_path / "a", kind="synset")
     with pytest.raises(ArtifactError, match=r"b\.json.*missing.*rerun it"):
         load_artifact(tmp_path / "b", rebuild_hint="rerun it")
-    (tmp_path / "a.safetensors").unlink()
-    with pytest.raises(ArtifactError, match=r"a\.safetensors.*tensor file missing"):
+    _tensor_file(tmp_path / "a").unlink()
+    with pytest.raises(ArtifactError, match=r"a\.[0-9a-f]{12}\.safetensors.*tensor file missing"):
         load_artifact(tmp_path / "a")
 
 
 def test_truncated_tensor_file_raises_naming_the_file(tmp_path):
     save_artifact(tmp_path / "t", sample_tensors(), kind="k")
-    f = tmp_path / "t.safetensors"
+    f = _tensor_file(tmp_path / "t")
     blob = f.read_bytes()
     f.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(ArtifactError, match=re.escape(str(f)) + ".*truncated or corrupted"):
@@ -76,7 +82,7 @@ def test_truncated_tensor_file_raises_naming_the_file(tmp_path):
 
 def test_bit_flip_raises_naming_the_file(tmp_path):
     save_artifact(tmp_path / "t", sample_tensors(), kind="k")
-    f = tmp_path / "t.safetensors"
+    f = _tensor_file(tmp_path / "t")
     blob = bytearray(f.read_bytes())
     blob[-3] ^= 0x10  # one bit in the data section
     f.write_bytes(bytes(blob))
@@ -118,59 +124,28 @@ def test_failed_write_leaves_previous_file_intact(tmp_path):
     assert target.read_bytes() == b"new"
 
 
-def test_crash_between_tensors_and_json_is_refused_not_mixed(tmp_path, monkeypatch):
-    """A crash while writing the JSON (after the tensors) must not yield a loadable mix."""
+def test_crash_between_tensors_and_json_keeps_the_previous_artifact(tmp_path, monkeypatch):
+    """A crash while writing the JSON (after the tensors) leaves the previous artifact,
+    loadable and unchanged (issue 11: tensors and JSON commit as one unit)."""
     old = {"t": torch.arange(4.0)}
     save_artifact(tmp_path / "a", old, kind="k")
     import lsslib.artifacts as art
 
-    def crash(path, obj):
-        raise OSError("disk full")
+    real = art.atomic_write_text
 
-    monkeypatch.setattr(art, "atomic_write_json", crash)
+    def crash(path, text):
+        if str(path).endswith(".json"):
+            raise OSError("disk full")
+        real(path, text)
+
+    monkeypatch.setattr(art, "atomic_write_text", crash)
     with pytest.raises(OSError, match="disk full"):
         save_artifact(tmp_path / "a", {"t": torch.arange(4.0) + 1}, kind="k")
     monkeypatch.undo()
-    # the tensors were replaced but the old JSON's checksum no longer matches: refused,
-    # never silently loaded as a mix of two versions
-    with pytest.raises(ArtifactError, match="sha256"):
-        load_artifact(tmp_path / "a")
+    back, _ = load_artifact(tmp_path / "a")
+    assert torch.equal(back["t"], old["t"])
     assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_atomic_write_json_is_sorted_and_readable(tmp_path):
-    atomic_write_json(tmp_path / "m.json", {"b": 1, "a": Path("x")})
-    text = (tmp_path / "m.json").read_text()
-    assert json.loads(text) == {"a": "x", "b": 1}
-    assert text.index('"a"') < text.index('"b"')
-
-
-def test_no_pickle_in_lsslib():
-    """Nothing in lsslib unpickles: no pickle module, torch.load only with weights_only=True."""
-    src = Path(lsslib.__file__).resolve().parent
-    files = sorted(src.glob("*.py"))
-    assert len(files) >= 10
-    for f in files:
-        text = f.read_text()
-        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-        assert not re.search(r"^\s*(import|from)\s+(c?pickle|dill|joblib)\b", code, re.M), f
-        assert "pickle.load" not in code, f
-        assert "allow_pickle=True" not in code, f
-        for m in re.finditer(r"torch\.load\(", code):
-            call = _call_text(code, m.end() - 1)
-            assert "weights_only=True" in call, (f, call)
-
-
-def _call_text(code: str, open_paren: int) -> str:
-    """The text of a call from its opening parenthesis to the matching closing one."""
-    depth = 0
-    for i in range(open_paren, len(code)):
-        depth += {"(": 1, ")": -1}.get(code[i], 0)
-        if depth == 0:
-            return code[open_paren : i + 1]
-    return code[open_paren:]
-
-
-def test_call_text_helper():
-    code = "x = torch.load(Path(a), weights_only=True) + 1"
-    assert _call_text(code, code.index("(")) == "(Path(a), weights_only=True)"
+    # the orphaned new tensor file is removed by the next write
+    assert len(list(tmp_path.glob("a.*.safetensors"))) == 2
+    save_artifact(tmp_path / "a", {"t": torch.arange(4.0) + 2}, kind="k")
+    assert len(list(tmp_path.glob("a.*.safetensors"))) == 1

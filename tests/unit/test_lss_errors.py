@@ -44,14 +44,14 @@ def test_unknown_model_option():
     [
         (DistillConfig, {"parameterisation": "sparse"}, ["parameterisation='sparse'", "'lowrank'"]),
         (DistillConfig, {"schedule": "cosine"}, ["schedule='cosine'", "'linear'"]),
-        (DistillConfig, {"ipc": 0}, ["ipc=0", "an integer in [1, inf]"]),
-        (DistillConfig, {"syn_lr_init": 1e-4}, ["syn_lr_init=0.0001", "[0.001, inf]"]),
+        (DistillConfig, {"ipc": 0}, ["ipc=0", "an integer in [1, inf)"]),
+        (DistillConfig, {"syn_lr_init": 1e-4}, ["syn_lr_init=0.0001", "[0.001, inf)"]),
         (DistillConfig, {"dsa_strategy": "color_blur"}, ["dsa_strategy='color_blur'", "color"]),
         (DistillConfig, {"parameterisation": "pixels", "subspaces": 2}, ["subspaces=2", "pixels"]),
-        (BufferConfig, {"lr_teacher": 0.0}, ["lr_teacher=0.0", "(0, inf]"]),
+        (BufferConfig, {"lr_teacher": 0.0}, ["lr_teacher=0.0", "(0, inf)"]),
         (BufferConfig, {"dsa": "yes"}, ["dsa='yes'", "True or False"]),
         (EvalConfig, {"num_eval": 2.5}, ["num_eval=2.5", "an integer"]),
-        (DataConfig, {"zca_eps": float("nan")}, ["zca_eps=nan", "(0, inf]"]),
+        (DataConfig, {"zca_eps": float("nan")}, ["zca_eps=nan", "a finite number in (0, inf)"]),
     ],
 )
 def test_field_validation(cls, kw, parts):
