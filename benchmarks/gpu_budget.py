@@ -84,6 +84,7 @@ __all__ = [
     "plan_text",
     "derive_iterations",
     "experts_seconds",
+    "experts_that_fit",
     "rates_from_records",
     "load_profile",
     "stage_parameters",
@@ -197,14 +198,32 @@ def forward_seconds(spec: ConvNetSpec, forwards: int, rates: Rates) -> float:
     return forwards * flops_per_image(spec) / (rates.train_tflops * 1e12)
 
 
-def experts_seconds(spec: ConvNetSpec, buffers: Mapping[str, Any], rates: Rates) -> float:
+def experts_seconds(
+    spec: ConvNetSpec, buffers: Mapping[str, Any], rates: Rates, train_images: int = TRAIN_IMAGES
+) -> float:
     """The expert buffer: E experts x T epochs over the training set, plus the accuracy curves."""
     e, t = int(buffers["num_experts"]), int(buffers["train_epochs"])
     groups = math.ceil(e / int(buffers.get("experts_per_group", 10)))
-    train = train_seconds(
-        spec, e, TRAIN_IMAGES, t, int(buffers.get("batch_train", 256)), rates, groups
-    )
+    batch = int(buffers.get("batch_train", 256))
+    train = train_seconds(spec, e, train_images, t, batch, rates, groups)
     return train + forward_seconds(spec, e * (t + 1) * EXPERT_CURVE_IMAGES, rates)
+
+
+def experts_that_fit(
+    spec: ConvNetSpec,
+    buffers: Mapping[str, Any],
+    rates: Rates,
+    seconds: float,
+    train_images: int = TRAIN_IMAGES,
+) -> int:
+    """The most experts, at most ``buffers["num_experts"]`` and at least 1, whose
+    predicted training (:func:`experts_seconds`) takes at most ``seconds``."""
+    planned, group = int(buffers["num_experts"]), int(buffers.get("experts_per_group", 10))
+    for e in range(planned, 1, -1):
+        b = {**buffers, "num_experts": e, "experts_per_group": min(e, group)}
+        if experts_seconds(spec, b, rates, train_images) <= seconds:
+            return e
+    return 1
 
 
 def iteration_seconds(spec: ConvNetSpec, syn_steps: int, batch_syn: int, rates: Rates) -> float:

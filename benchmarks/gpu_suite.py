@@ -70,7 +70,7 @@ from gpu_budget import (  # noqa: E402
     MARGIN,
     Rates,
     baseline_parameters,
-    experts_seconds,
+    experts_that_fit,
     load_profile,
     plan_suite,
     stage_parameters,
@@ -512,20 +512,15 @@ class Suite:
         scaled = None
         rates = self.measured_rates(prof)
         if rates is not None:
-            per_expert = (
-                experts_seconds(
-                    _spec_of(model_cfg), {**buf, "num_experts": 1, "experts_per_group": 1}, rates
-                )
-                * len(self.real.y_train)
-                / 50_000
-            )
             have = deadline - time.time()
-            fit = max(1, int(have / (1.1 * per_expert)))
+            fit = experts_that_fit(
+                _spec_of(model_cfg), buf, rates, have / 1.1, len(self.real.y_train)
+            )
             if fit < int(buf["num_experts"]):
                 scaled = {
                     "num_experts": [int(buf["num_experts"]), fit],
                     "reason": f"measured training rate {rates.train_tflops:.2f} TFLOP/s: "
-                    f"{per_expert:.1f} s per expert, {have:.0f} s left",
+                    f"{fit} experts fit the {have:.0f} s left",
                 }
                 buf["num_experts"] = fit
                 buf["experts_per_group"] = min(int(buf.get("experts_per_group", 10)), fit)

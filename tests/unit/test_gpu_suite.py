@@ -230,3 +230,17 @@ def test_tiny_profile_is_valid_and_small():
     prof = gpu_suite.tiny_profile(gpu_budget.load_profile("gpu"))
     assert prof["model"]["net_width"] == 8 and prof["distill"]["iterations"] == 4
     assert all(r["syn_steps"] == 3 for r in prof["runs"].values())
+
+
+def test_experts_are_scaled_to_the_time_left():
+    spec = gpu_budget._spec(128)
+    buf = gpu_budget.load_profile("gpu")["buffers"]
+    rates = gpu_budget.Rates()
+    full = gpu_budget.experts_seconds(spec, buf, rates)
+    assert gpu_budget.experts_that_fit(spec, buf, rates, full) == buf["num_experts"]
+    slow = gpu_budget.Rates(train_tflops=rates.train_tflops / 4)
+    fit = gpu_budget.experts_that_fit(spec, buf, slow, full)
+    assert 1 <= fit < buf["num_experts"]
+    assert gpu_budget.experts_seconds(spec, {**buf, "num_experts": fit}, slow) <= full
+    assert gpu_budget.experts_seconds(spec, {**buf, "num_experts": fit + 1}, slow) > full
+    assert gpu_budget.experts_that_fit(spec, buf, rates, 0.0) == 1
