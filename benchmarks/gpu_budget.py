@@ -243,7 +243,11 @@ def eval_seconds(spec: ConvNetSpec, images: int, ev: Mapping[str, Any], rates: R
 
 
 def bench_seconds(name: str, rates: Rates) -> float:
-    """One reduced stage benchmark of the suite, its process start-up included."""
+    """One reduced stage benchmark of the suite (:data:`BENCH_ARGS`), its process start-up included.
+
+    Raises:
+        ValueError: ``name`` is not experts, distill or evaluate.
+    """
     a = BENCH_ARGS[name]
     spec = _spec(_arg(a, "--width"))
     reps = _arg(a, "--repeats")

@@ -125,6 +125,7 @@ class Cut(Exception):
 
 
 def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -413,6 +414,13 @@ class Suite:
 
     # --------------------------------------------------------------- parts
     def run_bench(self, stage: str, budget: Budget) -> None:
+        """Run ``benchmarks/bench_<stage>.py`` in its own process group until its deadline.
+
+        A complete run's JSON record is kept with ``partial: false``, the command
+        without the suite's ``--out`` and the part's time; a process killed at the
+        deadline or failing leaves a stub ``{"partial": true, "reason": ...}`` with
+        the tail of its output.
+        """
         part = f"bench_{stage}"
         start = time.time()
         deadline = budget.deadline(part, start)
@@ -479,6 +487,7 @@ class Suite:
             self.mark(part, "done", seconds)
 
     def load_data(self, prof: Mapping[str, Any]) -> None:
+        """``lsslib.data.load_data`` of the profile's data block on the device (not interruptible)."""
         from lsslib import config, data, report
 
         part, start = "data", time.time()
@@ -502,6 +511,8 @@ class Suite:
         )
 
     def train_experts(self, prof: Mapping[str, Any], budget: Budget) -> None:
+        """``lsslib.experts.train_experts``, with fewer experts when the measured speed says
+        the planned ones cannot finish (labelled partial); a cut leaves no buffer."""
         from lsslib import config, experts, report
 
         part, start = "experts", time.time()
@@ -577,6 +588,8 @@ class Suite:
         return Rates(train_tflops=r["images_per_s_median"] * rec["flops_train_per_image"] / 1e12)
 
     def distill_run(self, prof: Mapping[str, Any], run: str, budget: Budget) -> None:
+        """``Distiller(...).run()`` of one run in strict fp32; at the deadline the current
+        iteration ends, the state is checkpointed and the set saved (labelled partial)."""
         from lsslib import config, distill, report
 
         part, start = f"distill:{run}", time.time()
@@ -635,6 +648,8 @@ class Suite:
     def evaluate_set(
         self, prof: Mapping[str, Any], name: str, budget: Budget, baseline: bool
     ) -> None:
+        """``evaluate_images`` of a distilled set (lr = its learned syn_lr) or a baseline
+        (lr 0.01, as notebooks/03_evaluate); a cut leaves no accuracy (labelled partial)."""
         from lsslib import config, distill, evaluate, models, report, synset
 
         part, start = f"eval:{name}", time.time()
@@ -695,6 +710,7 @@ class Suite:
 
 
 def _spec_of(model_cfg):
+    """The CIFAR-10 ConvNet of ``model_cfg`` (for the time model)."""
     from lsslib.models import ConvNetSpec
 
     return ConvNetSpec.from_config(model_cfg, channels=3, side=32, num_classes=10)
@@ -872,6 +888,7 @@ def unpack(src: str | Path, repo: str | Path = REPO, *, allow_tiny: bool = False
 
 # ----------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of the suite (``--help`` lists it)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument(
@@ -923,6 +940,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the suite, ``--plan`` or ``--unpack``; the exit code.
+
+    Raises:
+        ValueError: a bad ``--device``, ``--budget``, ``--part-seconds``, a missing
+            ``--out``, or an ``--unpack`` folder that holds no suite output.
+    """
     args = build_parser().parse_args(argv)
     if args.unpack:
         for path in unpack(args.unpack, args.repo, allow_tiny=args.allow_tiny):
