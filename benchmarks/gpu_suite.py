@@ -447,25 +447,22 @@ class Suite:
             start_new_session=True,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
+        why = None
         try:
             output, _ = proc.communicate(timeout=timeout)
-            cut = False
         except subprocess.TimeoutExpired:
+            why = "wall-clock guard"
+        except Cut as e:
+            why = str(e)
+        if why is not None:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
-            cut = True
-        except Cut:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            cut = True
         seconds = time.time() - start
         lines = (output or "").splitlines()
         for line in lines[-60:]:
             self.log(f"[{part}] | {line}")
-        if cut:
-            stub["reason"] = (
-                f"wall-clock guard: killed after {seconds:.0f} s (share {timeout:.0f} s)"
-            )
+        if why is not None:
+            stub["reason"] = f"{why}: killed after {seconds:.0f} s (share {timeout:.0f} s)"
             stub["output_tail"] = lines[-20:]
             self.bench[stage] = stub
             self.mark(part, "partial", seconds, stub["reason"])
@@ -730,7 +727,10 @@ def run_suite(args: argparse.Namespace) -> int:
     log = suite.log
     overrides = parse_overrides(args.part_seconds)
 
+    stopped: list[str] = []
+
     def on_term(signum, _frame):
+        stopped.append(f"signal {signum} received earlier")
         raise Cut(f"signal {signum}: stopped")
 
     signal.signal(signal.SIGTERM, on_term)
@@ -761,8 +761,11 @@ def run_suite(args: argparse.Namespace) -> int:
     suite.write()
 
     def step(part: str, fn: Callable[[], None]) -> None:
-        if time.time() > budget.cap:
-            suite.mark(part, "skipped", 0.0, "the suite's budget is spent")
+        if stopped or time.time() > budget.cap:
+            suite.mark(
+                part, "skipped", 0.0, stopped[0] if stopped else "the suite's budget is spent"
+            )
+            suite.write()
             return
         start = time.time()
         try:
@@ -780,7 +783,10 @@ def run_suite(args: argparse.Namespace) -> int:
         step(f"bench_{stage}", lambda stage=stage: suite.run_bench(stage, budget))
     step("data", lambda: suite.load_data(prof))
     if suite.real is None:
-        log("no data: the profile's parts are skipped")
+        later = ["experts", *(f"distill:{r}" for r in prof.get("runs") or {})]
+        later += [f"eval:{n}" for n in [*(prof.get("runs") or {}), *(prof.get("baselines") or {})]]
+        for part in later:
+            suite.mark(part, "skipped", 0.0, stopped[0] if stopped else "no data")
     else:
         step("experts", lambda: suite.train_experts(prof, budget))
         for run in prof.get("runs") or {}:

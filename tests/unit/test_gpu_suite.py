@@ -244,3 +244,30 @@ def test_experts_are_scaled_to_the_time_left():
     assert gpu_budget.experts_seconds(spec, {**buf, "num_experts": fit}, slow) <= full
     assert gpu_budget.experts_seconds(spec, {**buf, "num_experts": fit + 1}, slow) > full
     assert gpu_budget.experts_that_fit(spec, buf, rates, 0.0) == 1
+
+
+def test_sigterm_cuts_the_running_part_and_skips_the_rest(tmp_path, lss_cifar_cache):
+    out = tmp_path / "out"
+    env = dict(os.environ, LSS_CACHE_DIR=str(lss_cifar_cache), OMP_NUM_THREADS="1")
+    cmd = ["bash", str(BENCH / "gpu_suite.sh"), "--device", "cpu", "--tiny", "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        while not (out / "results.json").is_file() and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(1.0)  # inside the first benchmark now
+        proc.send_signal(subprocess.signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    parts = results["parts"]
+    assert results["partial"] is True
+    assert "signal 15" in parts["bench_experts"]["reason"]
+    assert parts["experts"]["status"] == "skipped" and "signal 15" in parts["experts"]["reason"]
+    assert all(p["status"] == "skipped" for k, p in parts.items() if k.startswith("eval:"))
+    assert len(list(out.iterdir())) <= 8
