@@ -68,6 +68,7 @@ from gpu_budget import (  # noqa: E402
     BENCH_ARGS,
     BUDGET_S,
     MARGIN,
+    MARGINS,
     Rates,
     baseline_parameters,
     experts_that_fit,
@@ -961,7 +962,8 @@ def main(argv: list[str] | None = None) -> int:
         from gpu_budget import plan_text
 
         prof = load_profile(args.profile)
-        print(f"budget {BUDGET_S:.0f} s, shares = {MARGIN} x predicted")
+        m = ", ".join(f"{k}* {v}" for k, v in MARGINS.items())
+        print(f"budget {BUDGET_S:.0f} s, shares = predicted x ({m}, other parts {MARGIN})")
         print(plan_text(prof))
         return 0
     if args.device not in ("cuda", "cpu") and not args.device.startswith("cuda:"):
