@@ -10,7 +10,7 @@
 #                               book, book tests)
 #   make clean                  remove the built book and caches (keeps results/)
 #
-# Variables: PROFILE (smoke, cpu, paper, paper_cifar100, paper_svhn; default cpu),
+# Variables: PROFILE (smoke, cpu, paper, paper_cifar100, paper_svhn, gpu; default cpu),
 # DEVICE (cpu or cuda; default cpu), CORES (default 2), SNAKEFLAGS (extra
 # Snakemake options, e.g. SNAKEFLAGS="--forcerun distill" or "-n").
 # Note: `make test` writes book/_generated/ from the smoke profile; run
@@ -29,7 +29,7 @@ PYTHON ?= python3
 
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake -s workflow/Snakefile
-PROFILES := smoke cpu paper paper_cifar100 paper_svhn
+PROFILES := $(basename $(notdir $(wildcard lsslib/_profiles/*.yaml)))
 SETUP_STAMP := $(VENV)/.lsslib-installed
 
 .PHONY: help setup data pipeline unlock book test lint unit faults notebooks-paired dry-runs book-tests clean

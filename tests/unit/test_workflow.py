@@ -20,7 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 PROFILES = REPO / "lsslib" / "_profiles"
-PROFILE_NAMES = ["smoke", "cpu", "paper", "paper_cifar100", "paper_svhn"]
+PROFILE_NAMES = sorted(p.stem for p in PROFILES.glob("*.yaml"))  # every bundled profile
 
 # What each stub notebook writes, from the path parameters its rule passes.
 STUB_OUTPUTS = {
