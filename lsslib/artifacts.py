@@ -58,6 +58,7 @@ from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
 from . import __version__
+from .locking import file_lock
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -431,8 +432,6 @@ def save_artifact(
     Raises:
         DiskFull: the tensor file does not fit on the disk (checked before writing).
     """
-    from .locking import file_lock
-
     stem = Path(stem)
     jpath, _ = _stem_paths(stem)
     blob = st_save_bytes({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
