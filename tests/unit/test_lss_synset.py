@@ -32,6 +32,8 @@ ROWS: dict[str, dict] = {
         shapes=lambda k, s, j, c, h, r: [(k, s, c, h, r), (k, s, j, c, r, r), (k, s, c, r, h)],
         single_subspace=False,
     ),
+    # FReD (Shin et al. 2023): j images of C x m DCT coefficients, m = H*W/16 by default
+    "fred": dict(shapes=lambda k, s, j, c, h, r: [(k, j, c, h * h // 16)], single_subspace=True),
 }
 PARAMS = parameterisations.names()
 
