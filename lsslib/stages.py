@@ -14,6 +14,8 @@ nothing is recomputed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +33,7 @@ from .config import (
     STAGE_CONFIGS,
     DataConfig,
     DistillConfig,
+    EvalConfig,
     ModelConfig,
     check_choice,
     check_range,
@@ -55,6 +58,9 @@ __all__ = [
     "ensure_buffer",
     "distill",
     "evaluate_set",
+    "ablation_plan",
+    "find_run",
+    "sweep",
     "ablation",
     "summarise",
     "DistillOutput",
@@ -84,21 +90,68 @@ def stage_parameters(
         ValueError: unknown profile, stage or run; an invalid value.
     """
     check_choice("stage", stage, tuple(STAGE_CONFIGS))
-    flat: dict[str, Any] = {}
-    for cls in STAGE_CONFIGS[stage]:
-        flat.update(cls().to_dict())
     if profile is not None:
-        prof = profiles.load_profile(profile)
-        if stage != "buffers" and run is None:
-            run = (prof.get("main") or {}).get("lss")
-        flat.update(profiles.stage_parameters(prof, stage, None if stage == "buffers" else run))
+        flat = _profile_flat(profiles.load_profile(profile), stage, run)
+    else:
+        flat = {}
+        for cls in STAGE_CONFIGS[stage]:
+            flat.update(cls().to_dict())
     for name in flat:
         value = namespace.get(name)
         if value is not None:
             flat[name] = value
-    for cls in STAGE_CONFIGS[stage]:
-        cls.from_params(flat)
+    try:
+        for cls in STAGE_CONFIGS[stage]:
+            cls.from_params(flat)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc} (papermill: -p NAME VALUE for a number or a string, "
+            "-y 'NAME: [1, 2]' or -y 'NAME: {key: value}' for a list or a mapping)"
+        ) from None
     return flat
+
+
+def _profile_flat(prof: Mapping[str, Any], stage: str, run: str | None) -> dict[str, Any]:
+    """Every parameter of ``stage`` for ``run`` of a loaded profile, defaults filled in."""
+    if stage != "buffers" and run is None:
+        run = (prof.get("main") or {}).get("lss")
+    flat: dict[str, Any] = {}
+    for cls in STAGE_CONFIGS[stage]:
+        flat.update(cls().to_dict())
+    flat.update(profiles.stage_parameters(prof, stage, None if stage == "buffers" else run))
+    return flat
+
+
+def ablation_plan(prof: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """A profile's ablation as a sweep: the base run (``main.lss``), the swept values and,
+    per value, the distill parameters in which that ablation run differs from the base
+    besides the swept one (e.g. a smaller ``batch_syn``).
+
+    Returns:
+        ``{"values": [...], "base": {...}, "base_eval": {...}, "overrides": {value: {...}}}``
+        (the arguments of :func:`sweep`).
+
+    Raises:
+        ValueError: the profile has no such ablation, or a run's evaluation parameters
+            differ from the base run's.
+    """
+    check_choice("ablation kind", kind, tuple(prof.get("ablations") or {}))
+    key, base_run = SWEPT[kind], prof["main"]["lss"]
+    base = _profile_flat(prof, "distill", base_run)
+    base_eval = _profile_flat(prof, "evaluate", base_run)
+    values, overrides = [], {}
+    for run in prof["ablations"][kind]:
+        d = _profile_flat(prof, "distill", run)
+        if _profile_flat(prof, "evaluate", run) != base_eval:
+            raise ValueError(
+                f"invalid parameter ablations.{kind} entry {run!r}: its evaluation parameters "
+                f"differ from the base run {base_run!r}'s; an ablation varies the distillation only"
+            )
+        values.append(d[key])
+        extra = {k: v for k, v in d.items() if k != key and base.get(k) != v}
+        if extra:
+            overrides[d[key]] = extra
+    return {"values": values, "base": base, "base_eval": base_eval, "overrides": overrides}
 
 
 def _bar(total: int, desc: str, unit: str, initial: int = 0) -> tqdm:
@@ -194,10 +247,11 @@ def distill(
     """
     data_cfg, model_cfg, cfg = (cls.from_params(params) for cls in STAGE_CONFIGS["distill"])
     shape = data_cfg.shape()
-    lay = None
-    if shape is not None:  # solved once here and carried into the run
-        lay = cfg.check_against(channels=shape[0], side=shape[1], num_classes=shape[2])
+    if real is None and shape is not None:  # fail fast, before loading the data
+        cfg.check_against(channels=shape[0], side=shape[1], num_classes=shape[2])
     real = real if real is not None else data.load_data(data_cfg, device)
+    # the layout of this run, solved once from the data it distils and carried along
+    lay = cfg.check_against(channels=real.channels, side=real.side, num_classes=real.num_classes)
     buffer = ensure_buffer(buffer_dir, data_cfg, model_cfg, profile, device, real)
     run = Distiller(
         cfg,
@@ -228,7 +282,7 @@ def distill(
     run.run(callback=show)
     bar.close()
     print(
-        f"{time.perf_counter() - t0:.1f} s, syn_lr {float(run.syn_lr):.4g}, clamped {run.clamped}"
+        f"{time.perf_counter() - t0:.1f} s, syn_lr {run.syn_lr.item():.4g}, clamped {run.clamped}"
     )
     paths = RunPaths(Path(out_dir))
     report.save_figure(
@@ -390,31 +444,142 @@ def _evaluate_set(
     return record
 
 
-def _ablation_rows(results: Results, runs: Sequence[str]) -> pd.DataFrame:
+#: The distillation parameter each ablation sweeps.
+SWEPT = {"rank": "rank", "schedule": "schedule"}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _same_run(
+    meta: Mapping[str, Any], distill_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]
+) -> bool:
+    have_data = {k: v for k, v in meta["config"].get("data", {}).items() if k != "data_root"}
+    want_data = {k: v for k, v in data_cfg.items() if k != "data_root"}
+    return meta["config"].get("distill") == dict(distill_cfg) and have_data == want_data
+
+
+def find_run(
+    results: Results, distill_params: Mapping[str, Any], eval_params: Mapping[str, Any]
+) -> RunPaths | None:
+    """An evaluated run under ``results`` with exactly these distillation and evaluation
+    parameters (compared by content, never by name), or ``None``.
+
+    Looks in ``runs/*`` (the profile's runs) and ``ablation_*/runs/*`` (runs a sweep made).
+    """
+    d = DistillConfig.from_params(distill_params).to_dict()
+    data_cfg = DataConfig.from_params(distill_params).to_dict()
+    e = EvalConfig.from_params(eval_params).to_dict()
+    candidates = sorted(results.root.glob("runs/*/synset.json")) + sorted(
+        results.root.glob("ablation_*/runs/*/synset.json")
+    )
+    for js in candidates:
+        run = RunPaths(js.parent)
+        if not run.eval.metrics.is_file() or not _same_run(read_json(js), d, data_cfg):
+            continue
+        if EvalRecord.read(run.eval.metrics).config.get("eval") == e:
+            return run
+    return None
+
+
+def sweep(
+    kind: str,
+    values: Sequence[Any],
+    base: Mapping[str, Any],
+    base_eval: Mapping[str, Any],
+    results_dir: str | Path,
+    out_dir: str | Path,
+    device: torch.device,
+    *,
+    overrides: Mapping[Any, Mapping[str, Any]] | None = None,
+    profile: str | None = "cpu",
+) -> list[tuple[str, RunPaths]]:
+    """The evaluated runs of an ablation: ``base`` with the swept parameter set to each
+    value (plus that value's ``overrides``). A run whose artifacts exist with the same
+    configuration (:func:`find_run`) is reused; any other is distilled and evaluated
+    here, into ``out_dir/runs/<value>_<digest>``.
+
+    Args:
+        kind: ``rank`` or ``schedule`` (:data:`SWEPT`).
+        values: the swept values, e.g. ranks ``[2, 4, 8]``.
+        base, base_eval: flat distill and evaluate parameters of the base run.
+        overrides: per value, further distill parameters (e.g. a smaller ``batch_syn``).
+
+    Returns:
+        ``[(label, run)]`` in the order of ``values``.
+
+    Raises:
+        ValueError: unknown kind, empty or ill-typed ``values``, invalid parameters.
+    """
+    check_choice("ablation kind", kind, profiles.ABLATION_KINDS)
+    key = SWEPT[kind]
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(
+            f"invalid parameter {kind}s={values!r}: allowed a non-empty list, passed with "
+            f"papermill's -y, e.g. -y '{kind}s: [{'2, 4, 8' if kind == 'rank' else 'fixed, linear'}]'"
+        )
+    results, out = Results(results_dir), AblationPaths(Path(out_dir))
+    overrides = dict(overrides or {})
+    plans = []
+    for v in values:
+        params = {**base, key: v, **dict(overrides.get(v) or overrides.get(str(v)) or {})}
+        for cls in STAGE_CONFIGS["distill"]:
+            cls.from_params(params)  # every value validated before any work
+        plans.append((v, params))
+    runs, real = [], None
+    for v, params in plans:
+        run = find_run(results, params, base_eval)
+        if run is None:
+            folder = out.run(f"{key}_{v}_{_digest([params, dict(base_eval)])}").folder
+            print(f"{key}={v}: no run with this configuration; distilling and evaluating it here")
+            if real is None:
+                real = data.load_data(DataConfig.from_params(params), device)
+            distill(params, results.buffers, folder, device, profile=profile, real=real)
+            evaluate_set(
+                base_eval,
+                "synset",
+                RunPaths(folder).eval.folder,
+                device,
+                synset_dir=folder,
+                profile=profile,
+                real=real,
+            )
+            run = RunPaths(folder)
+        else:
+            print(f"{key}={v}: reusing {run.folder}")
+        runs.append((str(v), run))
+    return runs
+
+
+def _ablation_rows(runs: Sequence[tuple[str, RunPaths]]) -> pd.DataFrame:
     if not runs:
-        raise ValueError("invalid parameter runs=[]: allowed a non-empty list of run names")
-    return pd.DataFrame([run_facts(results.run(r), r) for r in runs])
+        raise ValueError("invalid parameter runs=[]: allowed a non-empty list of runs")
+    return pd.DataFrame([run_facts(path, path.folder.name) for _, path in runs])
 
 
-def ablation(
-    kind: str, runs: Sequence[str], results_dir: str | Path, out_dir: str | Path
-) -> pd.DataFrame:
-    """Stages 4 and 5: gather evaluated runs that differ in one parameter.
+def ablation(kind: str, runs: Sequence[tuple[str, RunPaths]], out_dir: str | Path) -> pd.DataFrame:
+    """Stages 4 and 5: tabulate and draw evaluated runs that differ in one parameter.
 
     ``rank``: table (r, images per class, storage, accuracy), ``accuracy_storage.png``
     and the paper's Fig. 5 (``rank_sweep.png``: class 0's images for each r).
     ``schedule``: table (schedule, final loss, syn_lr, accuracy),
     ``schedule_ablation.png`` and the paper's Fig. 3 (``schedule_bounds.png``).
 
+    Args:
+        runs: ``[(label, run)]``, e.g. from :func:`sweep`.
+
     Returns:
-        The table, also written to ``out_dir/table.csv/.md``.
+        The table, also written to ``out_dir/table.csv/.md`` (and the runs' facts to
+        ``facts.csv``, which the summary reads).
 
     Raises:
-        ValueError: unknown kind or empty ``runs``.
+        ValueError: unknown kind or no runs.
     """
     check_choice("ablation kind", kind, profiles.ABLATION_KINDS)
-    results, out = Results(results_dir), AblationPaths(Path(out_dir))
-    df = _ablation_rows(results, runs)
+    out = AblationPaths(Path(out_dir))
+    paths = {path.folder.name: path for _, path in runs}
+    df = _ablation_rows(runs)
     acc = [report.fmt_acc(m, s) for m, s in zip(df["acc_mean"], df["acc_std"], strict=True)]
     if kind == "rank":
         df = df.sort_values("rank")
@@ -438,7 +603,7 @@ def ablation(
         )
         sweep = []
         for row in df.itertuples():
-            loaded = load_synset(results.run(row.run).synset)
+            loaded = load_synset(paths[row.run].synset)
             n = loaded.per_class
             sweep.append(
                 (int(row.rank), loaded.images01()[:n], int(row.images_per_class), int(row.floats))
@@ -446,8 +611,7 @@ def ablation(
         report.save_figure(plots.rank_sweep(sweep, loaded.class_names[0]), out.figure("rank_sweep"))
     else:
         logs = {
-            f"{r} ({s})": read_log(results.run(r))
-            for r, s in zip(df["run"], df["schedule"], strict=True)
+            f"{r} ({s})": read_log(paths[r]) for r, s in zip(df["run"], df["schedule"], strict=True)
         }
         tail = max(1, min(len(v) for v in logs.values()) // 5)
         table = pd.DataFrame(
@@ -467,11 +631,11 @@ def ablation(
             out.figure("schedule_ablation"),
         )
         cfgs = {
-            r: DistillConfig(**read_json(results.run(r).synset_json)["config"]["distill"])
-            for r in runs
+            r: DistillConfig(**read_json(p.synset_json)["config"]["distill"])
+            for r, p in paths.items()
         }
         report.save_figure(
-            plots.schedule_bounds(cfgs, {r: read_log(results.run(r)) for r in runs}),
+            plots.schedule_bounds(cfgs, {r: read_log(p) for r, p in paths.items()}),
             out.figure("schedule_bounds"),
         )
     facts = df.drop(columns=["title"])

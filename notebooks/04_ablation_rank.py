@@ -15,10 +15,12 @@
 # %% [markdown]
 # # Stage 4: ablation on the rank r
 #
-# Gathers the distillation runs that differ only in the rank r of the mappers
-# (each distilled by stage 2 and evaluated by stage 3): images per class, storage
-# and meta-test accuracy for each r, and one class's images for each r (paper
-# Fig. 5: higher r, more detail, fewer images in the same budget).
+# A sweep over the rank r of the mappers at equal storage: for each r, the base run
+# (the profile's main MTT-LSS run) with that rank. A run whose artifacts already exist
+# with the same configuration (compared by content, not by name) is reused; any
+# other is distilled and evaluated here. Then: images per class, storage and
+# meta-test accuracy for each r, and one class's images for each r (paper Fig. 5:
+# higher r, more detail, fewer images in the same budget).
 #
 # <a href="https://colab.research.google.com/github/lss-companion/mtt-lss/blob/main/notebooks/04_ablation_rank.ipynb" target="_parent">Run in Colab</a>
 # (Runtime → Change runtime type → GPU). The next cell installs `lsslib`, and only inside Colab.
@@ -37,15 +39,39 @@ if "google.colab" in sys.modules or os.environ.get("LSS_INSTALL"):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
 
 # %% tags=["parameters"]
-# Defaults: the `cpu` profile's rank ablation (lsslib/_profiles/cpu.yaml).
-results_dir: str = "results/cpu"
-runs: list = ["lss_r2", "lss", "lss_r8"]
-out_dir: str = "results/cpu/ablation_rank"
+from typing import Optional
+
+profile: Optional[str] = "cpu"  # None: no profile (give base and base_eval)
+ranks: Optional[list] = None  # None: the profile's rank ablation, e.g. -y 'ranks: [2, 4, 8]'
+base: Optional[dict] = None  # distill parameters of the base run (None: the profile's main LSS run)
+base_eval: Optional[dict] = None  # its evaluation parameters (None: the profile's)
+overrides: Optional[dict] = None  # per value, further distill parameters
+results_dir: Optional[str] = None  # None: results/<profile>
+out_dir: Optional[str] = None  # None: results/<profile>/ablation_rank
+device: str = "cpu"
 
 # %%
-from lsslib import stages
+from lsslib import profiles, report, stages
+from lsslib.results import Results
 
-table = stages.ablation("rank", runs, results_dir, out_dir)
+if "google.colab" in sys.modules:
+    device = "cuda"
+plan = stages.ablation_plan(profiles.load_profile(profile), "rank") if profile else {}
+res = Results(results_dir) if results_dir else Results.of(profile or "cpu")
+out_dir = out_dir or str(res.ablation("rank").folder)
+dev = report.pick_device(device)
+runs = stages.sweep(
+    "rank",
+    plan.get("values") if ranks is None else ranks,
+    base or plan.get("base"),
+    base_eval or plan.get("base_eval"),
+    res.root,
+    out_dir,
+    dev,
+    overrides=plan.get("overrides") if overrides is None and ranks is None else overrides,
+    profile=profile,
+)
+table = stages.ablation("rank", runs, out_dir)
 table
 
 # %% [markdown]

@@ -15,9 +15,13 @@
 # %% [markdown]
 # # Stage 5: ablation on the start-epoch schedule
 #
-# Gathers the distillation runs that differ only in the start-epoch schedule
-# (fixed as MTT, linear as DATM, stair): final matching loss, syn_lr and meta-test
-# accuracy for each, and the start-epoch bounds with the epochs drawn (paper Fig. 3).
+# A sweep over the start-epoch schedule (`fixed` as MTT, `linear` as DATM, `stair`,
+# with its `stair_every` in `overrides` or `base`): for each, the base run (the
+# profile's main MTT-LSS run) with that schedule. A run whose artifacts already exist
+# with the same configuration (compared by content, not by name) is reused; any
+# other is distilled and evaluated here. Then: final matching loss, syn_lr and
+# meta-test accuracy for each, and the start-epoch bounds with the epochs drawn
+# (paper Fig. 3).
 #
 # <a href="https://colab.research.google.com/github/lss-companion/mtt-lss/blob/main/notebooks/05_ablation_schedule.ipynb" target="_parent">Run in Colab</a>
 # (Runtime → Change runtime type → GPU). The next cell installs `lsslib`, and only inside Colab.
@@ -36,15 +40,41 @@ if "google.colab" in sys.modules or os.environ.get("LSS_INSTALL"):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
 
 # %% tags=["parameters"]
-# Defaults: the `cpu` profile's schedule ablation (lsslib/_profiles/cpu.yaml).
-results_dir: str = "results/cpu"
-runs: list = ["lss_fixed", "lss", "lss_stair"]
-out_dir: str = "results/cpu/ablation_schedule"
+from typing import Optional
+
+profile: Optional[str] = "cpu"  # None: no profile (give base and base_eval)
+schedules: Optional[list] = (
+    None  # None: the profile's schedule ablation, e.g. -y 'schedules: [fixed, linear, stair]'
+)
+base: Optional[dict] = None  # distill parameters of the base run (None: the profile's main LSS run)
+base_eval: Optional[dict] = None  # its evaluation parameters (None: the profile's)
+overrides: Optional[dict] = None  # per value, further distill parameters
+results_dir: Optional[str] = None  # None: results/<profile>
+out_dir: Optional[str] = None  # None: results/<profile>/ablation_schedule
+device: str = "cpu"
 
 # %%
-from lsslib import stages
+from lsslib import profiles, report, stages
+from lsslib.results import Results
 
-table = stages.ablation("schedule", runs, results_dir, out_dir)
+if "google.colab" in sys.modules:
+    device = "cuda"
+plan = stages.ablation_plan(profiles.load_profile(profile), "schedule") if profile else {}
+res = Results(results_dir) if results_dir else Results.of(profile or "cpu")
+out_dir = out_dir or str(res.ablation("schedule").folder)
+dev = report.pick_device(device)
+runs = stages.sweep(
+    "schedule",
+    plan.get("values") if schedules is None else schedules,
+    base or plan.get("base"),
+    base_eval or plan.get("base_eval"),
+    res.root,
+    out_dir,
+    dev,
+    overrides=plan.get("overrides") if overrides is None and schedules is None else overrides,
+    profile=profile,
+)
+table = stages.ablation("schedule", runs, out_dir)
 table
 
 # %% [markdown]
