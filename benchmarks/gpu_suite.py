@@ -600,7 +600,10 @@ class Suite:
         deadline = budget.deadline(part, start)
         flat = stage_parameters(prof, "distill", run)
         cfg = config.DistillConfig.from_params(flat)
-        if cfg.max_start_epoch + cfg.expert_epochs > self.buffer.epochs:
+        if (
+            max(cfg.min_start_epoch, cfg.max_start_epoch - 1) + cfg.expert_epochs
+            > self.buffer.epochs
+        ):
             self.mark(part, "skipped", 0.0, "the buffer has too few epochs")
             return
         dev = report.pick_device(self.device, tf32=False)  # strict fp32 (PAPER.md 2.6)

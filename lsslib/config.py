@@ -254,7 +254,11 @@ class DistillConfig(_Params):
         iterations: distillation iterations.
         syn_steps: unrolled student steps N per iteration.
         expert_epochs: M, expert epochs matched per iteration.
-        max_start_epoch: T_max, the largest start epoch.
+        max_start_epoch: T_max, the exclusive bound of the start epoch, as MTT's
+            ``randint(0, max_start_epoch)``: start epochs are drawn from
+            ``[min_start_epoch, max_start_epoch - 1]`` (always ``min_start_epoch`` when
+            the two are equal), so a buffer needs ``max_start_epoch - 1 + expert_epochs``
+            epochs.
         min_start_epoch: T_min, the smallest start epoch.
         schedule: ``fixed`` (MTT), ``linear`` (DATM) or ``stair``.
         schedule_start: T_cur, the initial upper bound (``None`` = T_max / 2, rounded up).
@@ -394,8 +398,9 @@ class DistillConfig(_Params):
 
         Raises:
             ValueError: the unit's rules (e.g. rank r >= image side); a budget too small
-                for one image per class; ``max_start_epoch + expert_epochs`` beyond the
-                buffer's epochs; ``batch_syn`` larger than the synthetic set.
+                for one image per class; a target epoch ``max_start_epoch - 1 +
+                expert_epochs`` beyond the buffer's epochs; ``batch_syn`` larger than the
+                synthetic set.
         """
         unit = parameterisations.get(self.parameterisation)
         unit.check(
@@ -414,13 +419,14 @@ class DistillConfig(_Params):
                 f"subspaces={self.subspaces}, parameterisation={self.parameterisation!r}"
                 + (", strict_budget=True" if self.strict_budget else ""),
             )
-        if buffer_epochs is not None and self.max_start_epoch + self.expert_epochs > buffer_epochs:
+        last_target = max(self.min_start_epoch, self.max_start_epoch - 1) + self.expert_epochs
+        if buffer_epochs is not None and last_target > buffer_epochs:
             _fail(
                 "max_start_epoch",
                 self.max_start_epoch,
-                f"at most {buffer_epochs - self.expert_epochs} (max_start_epoch + expert_epochs "
-                f"= {self.max_start_epoch + self.expert_epochs} must not exceed the buffer's "
-                f"{buffer_epochs} epochs)",
+                f"at most {buffer_epochs - self.expert_epochs + 1} (the latest start epoch "
+                f"max_start_epoch - 1 plus expert_epochs = {last_target} must not exceed the "
+                f"buffer's {buffer_epochs} epochs)",
             )
         total = n * num_classes
         if self.batch_syn is not None and self.batch_syn > total:

@@ -46,7 +46,8 @@ def schedule_upper(cfg: DistillConfig, it: int) -> int:
 
 
 def sample_start_epoch(cfg: DistillConfig, it: int, generator: torch.Generator) -> tuple[int, int]:
-    """``(start, upper)``: start ~ U[T_min, upper) (upper itself if the interval is empty)."""
+    """``(start, upper)``: start ~ U[T_min, upper), ``upper`` exclusive as MTT's
+    ``randint(0, max_start_epoch)`` (T_min when the interval is empty)."""
     upper = schedule_upper(cfg, it)
     if upper <= cfg.min_start_epoch:
         return cfg.min_start_epoch, upper

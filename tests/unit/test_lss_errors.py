@@ -81,10 +81,25 @@ def test_budget_too_small_for_one_image_per_class():
 
 
 def test_start_epochs_beyond_buffer():
+    """max_start_epoch is exclusive (MTT's randint): the latest start is 19, its target 21."""
     cfg = DistillConfig(max_start_epoch=20, expert_epochs=2)
-    with expect(["max_start_epoch=20", "allowed at most 18", "22", "20 epochs"]):
+    with expect(["max_start_epoch=20", "allowed at most 19", "21", "20 epochs"]):
         cfg.check_against(**CIFAR, buffer_epochs=20)
-    cfg.check_against(**CIFAR, buffer_epochs=22)
+    cfg.check_against(**CIFAR, buffer_epochs=21)  # no epoch of the buffer goes unused
+
+
+def test_max_start_epoch_is_the_exclusive_bound_of_the_draw():
+    """Docs, check and draw agree: starts cover [min, max - 1] and never reach max."""
+    import torch
+
+    from lsslib.plan import sample_start_epoch
+
+    cfg = DistillConfig(max_start_epoch=4, min_start_epoch=1, schedule="fixed")
+    g = torch.Generator().manual_seed(0)
+    starts = {sample_start_epoch(cfg, 0, g)[0] for _ in range(400)}
+    assert starts == {1, 2, 3}
+    same = DistillConfig(max_start_epoch=1, min_start_epoch=1, schedule="fixed")
+    assert {sample_start_epoch(same, 0, g)[0] for _ in range(20)} == {1}  # a fixed segment
 
 
 def test_batch_syn_larger_than_the_set():
@@ -114,7 +129,7 @@ def _distiller(buffer, data, tmp_path, data_cfg=None, **kw):
 @pytest.mark.parametrize(
     ("kw", "parts"),
     [
-        ({"max_start_epoch": 3}, ["max_start_epoch=3", "at most 2"]),
+        ({"max_start_epoch": 4}, ["max_start_epoch=4", "at most 3"]),
         ({"rank": 8}, ["rank=8", "[1, 7]"]),
         ({"batch_syn": 100}, ["batch_syn=100", "synthetic set size"]),
         (
@@ -191,8 +206,8 @@ def test_load_profile_accepts_a_good_profile_and_names_unknown_keys(tmp_path):
     with expect(["profile='no_such_profile'", "allowed"]):
         load_profile("no_such_profile")
     # cross-field rules run at load time: start epochs beyond the buffer
-    bad = {**GOOD_PROFILE, "distill": {"max_start_epoch": 3, "expert_epochs": 2}}
-    with expect(["max_start_epoch=3", "at most 2"]):
+    bad = {**GOOD_PROFILE, "distill": {"max_start_epoch": 4, "expert_epochs": 2}}
+    with expect(["max_start_epoch=4", "at most 3"]):
         load_profile(_write_profile(tmp_path, bad))
 
 
