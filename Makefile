@@ -6,7 +6,10 @@
 #   make book PROFILE=cpu       setup + pipeline + strict book build (_build/html)
 #   make unlock PROFILE=cpu     release Snakemake's lock after a crash or kill
 #   make test                   everything CI checks (lint, unit tests, notebook
-#                               pairing, dry runs, smoke pipeline, book, book tests)
+#                               pairing, dry runs, smoke pipeline, book, book tests,
+#                               SLURM test)
+#   make slurm-test             the smoke pipeline through workflow/profiles/slurm on
+#                               a single-node SLURM it starts (root; apt; minutes)
 #   make clean                  remove the built book and caches (keeps results/)
 #
 # Variables: PROFILE (smoke, cpu, paper, paper_cifar100, paper_svhn; default cpu),
@@ -31,10 +34,10 @@ SNAKEMAKE := $(VENV)/bin/snakemake -s workflow/Snakefile
 PROFILES := smoke cpu paper paper_cifar100 paper_svhn
 SETUP_STAMP := $(VENV)/.lsslib-installed
 
-.PHONY: help setup data pipeline unlock book test lint unit notebooks-paired dry-runs book-tests clean
+.PHONY: help setup data pipeline unlock book test lint unit notebooks-paired dry-runs book-tests slurm-test clean
 
 help:
-	@sed -n '1,17p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,20p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- environment -----------------------------------------------------------
 setup: $(SETUP_STAMP)
@@ -81,6 +84,7 @@ test: setup lint unit notebooks-paired dry-runs
 	$(MAKE) pipeline PROFILE=smoke DEVICE=cpu
 	bash book/build.sh
 	$(MAKE) book-tests
+	$(MAKE) slurm-test
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -115,6 +119,11 @@ dry-runs: setup
 
 book-tests: setup
 	$(VENV)/bin/pytest tests/book
+
+# Starts (and stops) its own slurmctld/slurmd/slurmdbd; installs slurm-wlm, munge
+# and MariaDB with apt when missing. -s shows the sacct lines it checks.
+slurm-test: setup
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/pytest tests/slurm -v -s
 
 # --- cleaning --------------------------------------------------------------
 # Keeps results/ (hours of compute) and .snakemake/ (what Snakemake knows about
