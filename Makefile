@@ -7,7 +7,9 @@
 #   make unlock PROFILE=cpu     release Snakemake's lock after a crash or kill
 #   make test                   everything CI checks (lint, unit tests, fault-injection
 #                               suite, notebook pairing, dry runs, smoke pipeline,
-#                               book, book tests)
+#                               book, book tests, SLURM test)
+#   make slurm-test             the smoke pipeline through workflow/profiles/slurm on
+#                               a single-node SLURM it starts (root; apt; minutes)
 #   make clean                  remove the built book and caches (keeps results/)
 #
 # Variables: PROFILE (smoke, cpu, paper, paper_cifar100, paper_svhn, gpu; default cpu),
@@ -32,10 +34,10 @@ SNAKEMAKE := $(VENV)/bin/snakemake -s workflow/Snakefile
 PROFILES := $(basename $(notdir $(wildcard lsslib/_profiles/*.yaml)))
 SETUP_STAMP := $(VENV)/.lsslib-installed
 
-.PHONY: help setup data pipeline unlock book test lint unit faults notebooks-paired dry-runs book-tests clean
+.PHONY: help setup data pipeline unlock book test lint unit faults notebooks-paired dry-runs book-tests slurm-test clean
 
 help:
-	@sed -n '1,18p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,20p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- environment -----------------------------------------------------------
 setup: $(SETUP_STAMP)
@@ -82,6 +84,7 @@ test: setup lint unit faults notebooks-paired dry-runs
 	$(MAKE) pipeline PROFILE=smoke DEVICE=cpu
 	bash book/build.sh
 	$(MAKE) book-tests
+	$(MAKE) slurm-test
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -121,6 +124,11 @@ dry-runs: setup
 
 book-tests: setup
 	$(VENV)/bin/pytest tests/book
+
+# Starts (and stops) its own slurmctld/slurmd/slurmdbd; installs slurm-wlm, munge
+# and MariaDB with apt when missing. -s shows the sacct lines it checks.
+slurm-test: setup
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/pytest tests/slurm -v -s
 
 # --- cleaning --------------------------------------------------------------
 # Keeps results/ (hours of compute) and .snakemake/ (what Snakemake knows about
