@@ -75,7 +75,7 @@ SLOW_ITERATIONS = 40
 SACCT_FIELDS = (
     "JobIDRaw,JobName,State,ExitCode,ReqCPUS,AllocCPUS,ReqMem,Timelimit,ReqTRES,AllocTRES,Comment"
 )
-PIPELINE_TIMEOUT = 40 * 60  # seconds; took 13.4 min on a 2-core machine at load ~10
+PIPELINE_TIMEOUT = 40 * 60  # seconds; took 12-14 min on a 2-core machine at load ~10
 
 pytestmark = [
     pytest.mark.slow,
