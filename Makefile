@@ -8,6 +8,7 @@
 #   make test                   everything CI checks (lint, unit tests, fault-injection
 #                               suite, notebook pairing, dry runs, smoke pipeline,
 #                               book, book tests, SLURM test)
+#   make colab-test             each stage notebook alone, as in a fresh Colab runtime
 #   make slurm-test             the smoke pipeline through workflow/profiles/slurm on
 #                               a single-node SLURM it starts (root; apt; minutes)
 #   make clean                  remove the built book and caches (keeps results/)
@@ -34,10 +35,10 @@ SNAKEMAKE := $(VENV)/bin/snakemake -s workflow/Snakefile
 PROFILES := $(basename $(notdir $(wildcard lsslib/_profiles/*.yaml)))
 SETUP_STAMP := $(VENV)/.lsslib-installed
 
-.PHONY: help setup data pipeline unlock book test lint unit faults notebooks-paired dry-runs book-tests slurm-test clean
+.PHONY: help setup data pipeline unlock book test lint unit faults colab-test notebooks-paired dry-runs book-tests slurm-test clean
 
 help:
-	@sed -n '1,20p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,21p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- environment -----------------------------------------------------------
 setup: $(SETUP_STAMP)
@@ -80,7 +81,7 @@ book: pipeline
 	bash book/build.sh
 
 # --- checks ----------------------------------------------------------------
-test: setup lint unit faults notebooks-paired dry-runs
+test: setup lint unit faults colab-test notebooks-paired dry-runs
 	$(MAKE) pipeline PROFILE=smoke DEVICE=cpu
 	bash book/build.sh
 	$(MAKE) book-tests
@@ -97,6 +98,11 @@ unit: setup
 # disk, corrupted files, respelled paths; prints a table of cases and outcomes.
 faults: setup
 	$(VENV)/bin/pytest tests/faults
+
+# Each stage notebook alone in an empty folder, installed from a wheel of this
+# checkout, with google.colab faked (needs the offline CIFAR-10: LSS_DATA_ROOT).
+colab-test: setup
+	$(VENV)/bin/pytest tests/colab
 
 # The .py (jupytext percent) files are the source; each committed .ipynb must be
 # what jupytext makes of its .py. `--update` keeps the .ipynb's outputs and

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .training import enable_tf32, tune_cpu_malloc
 
 __all__ = [
     "pick_device",
+    "colab_device",
     "describe_device",
     "save_figure",
     "write_table",
@@ -67,6 +69,13 @@ def pick_device(device: str, *, tf32: bool = True, tune_malloc: bool = True) -> 
     if dev == "cpu" and tune_malloc:
         tune_cpu_malloc()
     return torch.device(dev)
+
+
+def colab_device(device: str) -> str:
+    """``cuda`` inside a Colab runtime with a GPU attached, else ``device`` unchanged."""
+    if "google.colab" in sys.modules and torch.cuda.is_available():
+        return "cuda"
+    return device
 
 
 def describe_device(device: torch.device | str) -> str:
