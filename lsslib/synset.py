@@ -405,6 +405,15 @@ def _pick_real(
             ok_all = torch.zeros(len(order), dtype=torch.bool, device=order.device)
             ok_all[torch.isin(order, good_idx)] = True
             order = torch.cat([order[ok_all], order[~ok_all]])
+        import logging  # local: only this function's body is edited here (issue #16)
+
+        logging.getLogger(__name__).info(
+            "initial images of class %d: %d of %d correct in the first %d candidates",
+            k,
+            found,
+            n,
+            seen,
+        )
     if len(order) < n:
         order = order.repeat(math.ceil(n / max(len(order), 1)))
     return x[order[:n]]
