@@ -82,7 +82,142 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the final JSON line to this file")
+    p.add_argument(
+        "--reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the plain PyTorch reference (benchmarks/_reference.py; default on)",
+    )
+    p.add_argument(
+        "--rss-rounds",
+        type=int,
+        default=None,
+        help="CPU: peak RSS of each variant in fresh processes, alternating, this many "
+        "rounds (default 2 on CPU, 0 on CUDA; 0 = off)",
+    )
+    p.add_argument("--rss-only", default=None, help=argparse.SUPPRESS)  # internal: child mode
     return p
+
+
+# ------------------------------------------------------ peak RSS in fresh processes
+def rss_only(args, variants: dict[str, Callable[[], Any]]) -> None:
+    """Child mode (``--rss-only NAME``): run one variant once, print its RSS figures, exit.
+
+    The printed JSON line gives ``peak_rss_mib`` (VmHWM: the process's resident-set
+    high-water mark, interpreter and torch included) and ``base_rss_mib`` (VmRSS just
+    before the run, after the inputs were built).
+    """
+    if not args.rss_only:
+        return
+    gc.collect()
+    base = (_status_kb("VmRSS") or 0) * 1024
+    variants[args.rss_only]()
+    peak = (_status_kb("VmHWM") or 0) * 1024
+    print(
+        json.dumps(
+            {"rss_only": args.rss_only, "peak_rss_mib": mib(peak), "base_rss_mib": mib(base)}
+        )
+    )
+    sys.exit(0)
+
+
+def _child_argv(name: str) -> list[str]:
+    out, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a in ("--out", "--rss-rounds", "--rss-only"):
+            skip = True
+            continue
+        if a.startswith(("--out=", "--rss-rounds=", "--rss-only=")):
+            continue
+        out.append(a)
+    return [sys.executable, str(Path(sys.argv[0]).resolve()), *out, "--rss-only", name]
+
+
+def rss_in_fresh_processes(
+    args, dev: torch.device, names: list[str]
+) -> dict[str, dict[str, Any]] | None:
+    """Peak RSS of each variant, each run alone in a fresh process, alternating ``names``.
+
+    A variant measured in-process after another inherits that one's heap (with the
+    tuned malloc nothing is returned to the system), so the RSS comparison runs
+    every variant in its own process, ``--rss-rounds`` times, in turn. CPU only.
+
+    Returns:
+        Per name: ``peak_rss_mib`` (the largest of the rounds), ``added_mib`` (peak
+        minus the RSS before the run, largest of the rounds), ``rounds`` (all values);
+        ``None`` when off (CUDA, or ``--rss-rounds 0``).
+    """
+    rounds = args.rss_rounds if args.rss_rounds is not None else (0 if dev.type == "cuda" else 2)
+    if rounds <= 0 or dev.type == "cuda":
+        return None
+    runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for _ in range(rounds):
+        for name in names:
+            out = subprocess.run(_child_argv(name), capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {
+        n: {
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+            "added_mib": max(r["peak_rss_mib"] - r["base_rss_mib"] for r in rs),
+            "rounds": rs,
+        }
+        for n, rs in runs.items()
+    }
+
+
+def vs_reference(
+    results: dict[str, dict[str, Any]], rss: dict | None, ref: str = "reference"
+) -> dict[str, dict[str, Any]]:
+    """Speed and peak-RSS ratios of every variant against the plain reference.
+
+    ``speed_*``: reference seconds / variant seconds (> 1: the variant is faster)
+    for the best round, the median round and the process CPU time; ``peak_rss``:
+    variant / reference peak RSS in fresh processes (< 1.25 is the issue-16 bound);
+    ``added_rss``: the same for the RSS added by the run.
+    """
+    if ref not in results:
+        return {}
+    r0 = results[ref]
+    out = {}
+    for name, r in results.items():
+        if name == ref:
+            continue
+        row = {
+            "speed_best": round(r0["best_s"] / r["best_s"], 3),
+            "speed_median": round(r0["median_s"] / r["median_s"], 3),
+            "speed_cpu_time": round(r0["best_cpu_s"] / r["best_cpu_s"], 3),
+        }
+        if rss and name in rss and ref in rss:
+            row["peak_rss"] = round(rss[name]["peak_rss_mib"] / rss[ref]["peak_rss_mib"], 3)
+            row["added_rss"] = round(rss[name]["added_mib"] / max(rss[ref]["added_mib"], 1e-9), 3)
+        out[name] = row
+    return out
+
+
+def print_vs_reference(ratios: dict[str, dict[str, Any]], rss: dict | None) -> None:
+    if rss:
+        print(
+            "   RSS     peak in fresh processes (max of rounds; added by the run): "
+            + "; ".join(
+                f"{n} {v['peak_rss_mib']:.0f} MiB (+{v['added_mib']:.0f})" for n, v in rss.items()
+            )
+        )
+    for name, r in ratios.items():
+        mem = f"; peak RSS {r['peak_rss']}x (added {r['added_rss']}x)" if "peak_rss" in r else ""
+        print(
+            f"   vs ref  {name} / reference: speed {r['speed_best']}x best, "
+            f"{r['speed_median']}x median, {r['speed_cpu_time']}x CPU time{mem}"
+        )
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def setup(args: argparse.Namespace, quick: dict[str, Any], full: dict[str, Any]) -> torch.device:
@@ -157,6 +292,7 @@ def device_info(dev: torch.device, args=None) -> dict[str, Any]:
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "malloc_tuned": getattr(args, "malloc_tuned", False),
+        "load_average_start": load_average(),
     }
     if dev.type == "cuda":
         info.update(
@@ -361,6 +497,7 @@ def mib(b: float) -> float:
 
 def emit(result: dict[str, Any], out: str | None) -> None:
     """Print the one-line JSON record (last line of output) and write it to ``out``."""
+    result.setdefault("load_average_end", load_average())
     line = json.dumps(result, sort_keys=False, default=_jsonable)
     print(line, flush=True)
     if out:

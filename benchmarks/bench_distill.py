@@ -64,11 +64,16 @@ from _common import (
     interleaved_times,
     mib,
     of_peak,
+    print_vs_reference,
     recheck_peak,
+    rss_in_fresh_processes,
+    rss_only,
     setup,
     spec_of,
     summarise,
+    vs_reference,
 )
+from _reference import RefConvNet, ref_unrolled_iteration
 
 from lsslib.matching import matching_loss
 from lsslib.models import convnet_forward, flops_per_image, init_flat
@@ -106,6 +111,7 @@ def flops_per_image_step(spec) -> dict[str, int]:
         "unrolled": 9 * f - 3 * f1,
         "checkpointed": 12 * f - 4 * f1,
         "tesla": 10 * f - 3 * f1,
+        "reference": 9 * f - 3 * f1,  # MTT's unrolled loop: the same work as unrolled
     }
 
 
@@ -144,15 +150,24 @@ def main() -> None:
     logits = (2 * torch.randn(args.n_syn, k, generator=g)).to(dev).requires_grad_(True)
     syn_lr = torch.tensor(args.syn_lr, device=dev, requires_grad=True)
 
+    ref_net = RefConvNet(spec).to(dev)
+
     def iteration(mode: str, plan) -> float:
         for t in (x, logits, syn_lr):
             t.grad = None
+        if mode == "reference":
+            y = torch.softmax(logits, -1)
+            return ref_unrolled_iteration(
+                spec, ref_net, start, target, x, y, syn_lr, plan.indices, plan.augment
+            )
         loss = matching_loss(spec, start, target, x, torch.softmax(logits, -1), syn_lr, plan, mode)
         if mode == "unrolled":
             loss.backward()
         return loss.detach()
 
     plan = plan_to(make_plan(args.n_syn, args.syn_steps, args.batch_syn, 32, strategy, g), dev)
+    names = (["reference"] if args.reference else []) + modes
+    rss_only(args, {m: (lambda m=m: iteration(m, plan)) for m in names})
     config = {
         "stage": "distill",
         "model": f"ConvNetD{args.depth} width {args.width}",
@@ -176,18 +191,19 @@ def main() -> None:
 
     # warm-up + memory run of each mode
     memory, saved, losses = {}, {}, {}
-    for mode in modes:
+    for mode in names:
         with PeakMemory(dev) as pm, SavedTensorMeter() as meter:
             losses[mode] = float(iteration(mode, plan))
         memory[mode], saved[mode] = pm, meter.peak_bytes
     times = interleaved_times(
-        {m: (lambda m=m: iteration(m, plan)) for m in modes}, args.repeats, dev
+        {m: (lambda m=m: iteration(m, plan)) for m in names}, args.repeats, dev
     )
+    rss = rss_in_fresh_processes(args, dev, names)
     peak = recheck_peak(dev, args, peak)
     img_steps = args.syn_steps * args.batch_syn
     fps = flops_per_image_step(spec)
     results = {}
-    for mode in modes:
+    for mode in names:
         s = summarise(times[mode])
         isps = img_steps / s["best_s"]
         tf = isps * fps[mode] / 1e12
@@ -209,7 +225,7 @@ def main() -> None:
     if "unrolled" in results:
         u = results["unrolled"]
         for mode in modes:
-            if mode == "unrolled":
+            if mode == "unrolled" or mode not in results:
                 continue
             r = results[mode]
             mem_key = "peak_mem_mib" if dev.type == "cuda" else "extra_mem_mib"
@@ -240,6 +256,14 @@ def main() -> None:
             f"   ratio   {mode} / unrolled: speed {r['speed_vs_unrolled_best']}x best, "
             f"{r['speed_vs_unrolled_median']}x median, {r['speed_vs_unrolled_cpu_time']}x CPU time; "
             f"memory {r['memory_vs_unrolled']}x, autograd-saved {r['saved_vs_unrolled']}x"
+        )
+
+    ref_ratios = vs_reference(results, rss)
+    print_vs_reference(ref_ratios, rss)
+    if "reference" in losses and "unrolled" in losses:
+        print(
+            f"   check   |loss unrolled - loss reference| = "
+            f"{abs(losses['unrolled'] - losses['reference']):.3g}"
         )
 
     # TESLA inexactness against the exact gradient, on the same plan per syn_steps
@@ -307,6 +331,8 @@ def main() -> None:
             "flops_per_image_step": fps,
             "results": results,
             "ratios": ratios,
+            "vs_reference": ref_ratios,
+            "rss_fresh_processes": rss,
             "tesla_inexactness": sweep,
             "gpu_targets": targets,
         },

@@ -42,12 +42,17 @@ from _common import (
     interleaved_times,
     mib,
     of_peak,
+    print_vs_reference,
     recheck_peak,
+    rss_in_fresh_processes,
+    rss_only,
     setup,
     spec_of,
     summarise,
     train_flops_per_image,
+    vs_reference,
 )
+from _reference import ref_evaluate
 
 import lsslib.evaluate as lss_eval
 from lsslib.config import DataConfig, EvalConfig
@@ -68,6 +73,12 @@ def main() -> None:
     p.add_argument("--test-images", type=int, default=None, help="test images (default 10000)")
     p.add_argument("--batch", type=int, default=256, help="minibatch size (default 256)")
     p.add_argument("--hard-labels", action="store_true", help="int labels instead of soft ones")
+    p.add_argument(
+        "--curve-points",
+        type=int,
+        default=5,
+        help="evaluate_images' accuracy-curve points (default 5, as the stage; 0 = off)",
+    )
     p.add_argument("--no-dsa", action="store_true", help="turn DSA off")
     p.add_argument(
         "--compile",
@@ -123,7 +134,9 @@ def main() -> None:
         if args.compile:  # benchmark-only: evaluate_images has no compile switch
             lss_eval.train_nets = functools.partial(train_nets, compile_backend=args.compile)
         try:
-            return lss_eval.evaluate_images(spec, x, y, data, cfg, lr=0.01).accuracies
+            return lss_eval.evaluate_images(
+                spec, x, y, data, cfg, lr=0.01, curve_points=args.curve_points, progress=False
+            ).accuracies
         finally:
             lss_eval.train_nets = train_nets
 
@@ -131,10 +144,34 @@ def main() -> None:
         accs = []
         for i in range(args.nets):
             cfg = EvalConfig(num_eval=1, eval_seed=i, **{**cfg_kw, **(cfg_over or {})})
-            accs += lss_eval.evaluate_images(spec, x, y, data, cfg, lr=0.01).accuracies
+            accs += lss_eval.evaluate_images(
+                spec, x, y, data, cfg, lr=0.01, curve_points=args.curve_points, progress=False
+            ).accuracies
         return accs
 
-    variants = {"together": together, "sequential": sequential}
+    def reference(cfg_over: dict | None = None):
+        epochs = (cfg_over or {}).get("eval_epochs", args.epochs)
+        return ref_evaluate(
+            spec,
+            x,
+            y,
+            data.x_test,
+            data.y_test,
+            nets=args.nets,
+            seed=0,
+            epochs=epochs,
+            lr=0.01,
+            batch=args.batch,
+            dsa=None if args.no_dsa else cfg_kw_dsa,
+        )
+
+    cfg_kw_dsa = EvalConfig().dsa_strategy
+    variants = {"together": together}
+    if args.nets > 1:  # with one net "sequential" is the same call as "together"
+        variants["sequential"] = sequential
+    if args.reference:
+        variants["reference"] = reference
+    rss_only(args, {name: (lambda fn=fn: fn({"eval_epochs": 1})) for name, fn in variants.items()})
     memory = {}
     for name, fn in variants.items():  # warm-up (1 epoch), also the peak-memory run
         with PeakMemory(dev) as pm:
@@ -143,16 +180,18 @@ def main() -> None:
     accs: dict[str, list[float]] = {}
     fns = {name: (lambda name=name: accs.__setitem__(name, variants[name]())) for name in variants}
     times = interleaved_times(fns, args.repeats, dev)
+    rss = rss_in_fresh_processes(args, dev, list(variants))
 
     peak = recheck_peak(dev, args, peak)
     f_fwd = flops_per_image(spec)
     marks = {
         max(1, round(args.epochs * (i + 1) / 5)) for i in range(5)
     }  # evaluate_images' curve points
-    curve_evals = len([m for m in marks if m != args.epochs])
+    curve_evals = len([m for m in marks if m != args.epochs]) if args.curve_points > 1 else 0
+    n_curve = lss_eval.curve_test_images(spec, n, args.epochs, args.test_images, args.curve_points)
     flops = args.nets * (
         n * args.epochs * train_flops_per_image(spec)
-        + (args.test_images + curve_evals * min(1000, args.test_images)) * f_fwd
+        + (args.test_images + curve_evals * n_curve) * f_fwd
     )
     work = args.nets * n * args.epochs
     results = {}
@@ -170,20 +209,25 @@ def main() -> None:
             "extra_mem_mib": mib(memory[name].extra_bytes),
             "mem_method": memory[name].method,
         }
-    max_acc_diff = max(
-        abs(a - b) for a, b in zip(accs["together"], accs["sequential"], strict=True)
-    )
+    other = "sequential" if "sequential" in results else "together"
+    max_acc_diff = max(abs(a - b) for a, b in zip(accs["together"], accs[other], strict=True))
     ratios = {
         "together_vs_sequential_best": round(
-            results["sequential"]["best_s"] / results["together"]["best_s"], 3
+            results[other]["best_s"] / results["together"]["best_s"], 3
         ),
         "together_vs_sequential_median": round(
-            results["sequential"]["median_s"] / results["together"]["median_s"], 3
+            results[other]["median_s"] / results["together"]["median_s"], 3
         ),
         "together_vs_sequential_cpu_time": round(
-            results["sequential"]["best_cpu_s"] / results["together"]["best_cpu_s"], 3
+            results[other]["best_cpu_s"] / results["together"]["best_cpu_s"], 3
         ),
     }
+    ref_ratios = vs_reference(results, rss)
+    ref_acc_diff = None
+    if "reference" in accs:
+        ref_acc_diff = max(
+            abs(a - b) for a, b in zip(accs["together"], accs["reference"], strict=True)
+        )
     print(f"   FLOPs   {flops / 1e12:.4f} TFLOP per evaluation ({args.nets} nets)")
     for name, r in results.items():
         frac = of_peak(r)
@@ -199,6 +243,9 @@ def main() -> None:
         f"{ratios['together_vs_sequential_cpu_time']}x process CPU time"
     )
     print(f"   check   max |accuracy together - sequential| = {max_acc_diff:.3g}")
+    print_vs_reference(ref_ratios, rss)
+    if ref_acc_diff is not None:
+        print(f"   check   max |accuracy together - reference| = {ref_acc_diff:.3g}")
     targets = None
     if dev.type == "cuda":
         targets = {"5x1000_on_1000_le_60s": results["together"]["projected_full_s"] <= 60}
@@ -216,6 +263,10 @@ def main() -> None:
             "results": results,
             "ratios": ratios,
             "max_abs_accuracy_diff": max_acc_diff,
+            "vs_reference": ref_ratios,
+            "rss_fresh_processes": rss,
+            "max_abs_accuracy_diff_vs_reference": ref_acc_diff,
+            "curve_test_images": n_curve,
             "gpu_targets": targets,
         },
         args.out,

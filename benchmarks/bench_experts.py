@@ -44,12 +44,17 @@ from _common import (
     interleaved_times,
     mib,
     of_peak,
+    print_vs_reference,
     recheck_peak,
+    rss_in_fresh_processes,
+    rss_only,
     setup,
     spec_of,
     summarise,
     train_flops_per_image,
+    vs_reference,
 )
+from _reference import ref_train
 
 from lsslib.models import flops_per_image, init_flat
 from lsslib.training import TrainState, train_nets
@@ -125,18 +130,39 @@ def main() -> None:
     last: dict[str, torch.Tensor] = {}
 
     def variant(name: str, xs, ys, epochs: int):
+        if name == "reference":  # nn.Module + torch.optim.SGD, one net after another
+            nets = [
+                ref_train(
+                    spec,
+                    torch.Generator().manual_seed(1000 + s),
+                    xs,
+                    ys,
+                    epochs=epochs,
+                    lr=0.01,
+                    momentum=0.0,
+                    weight_decay=0.0,
+                    batch=args.batch,
+                    dsa=strategy,
+                    lr_decay_epoch=None,
+                )
+                for s in seeds
+            ]
+            return torch.stack(
+                [torch.nn.utils.parameters_to_vector(net.parameters()).detach() for net in nets]
+            )
         if name == "one_at_a_time":
             sts = [run(False, [s], xs, ys, epochs) for s in seeds]
             return torch.cat([st.flats for st in sts])
         return run(name == "vmap", seeds, xs, ys, epochs, args.compile).flats
 
-    names = ["vmap", "loop", "one_at_a_time"]
+    names = ["vmap", "loop", "one_at_a_time"] + (["reference"] if args.reference else [])
+    xw, yw = x[: 2 * args.batch], y[: 2 * args.batch]
+    rss_only(args, {name: (lambda name=name: variant(name, xw, yw, 1)) for name in names})
     # warm-up on two batches, which is also the peak-memory run (memory is per step).
     # vmap goes last: on CPU the peak is the resident set, and the gigabytes vmap
     # frees stay in the (tuned) heap and would inflate the variants measured after it.
     memory = {}
-    xw, yw = x[: 2 * args.batch], y[: 2 * args.batch]
-    for name in ["loop", "one_at_a_time", "vmap"]:
+    for name in [n for n in ["loop", "one_at_a_time", "reference", "vmap"] if n in names]:
         with PeakMemory(dev) as pm:
             variant(name, xw, yw, 1)
         memory[name] = pm
@@ -145,6 +171,7 @@ def main() -> None:
         for name in names
     }
     times = interleaved_times(fns, args.repeats, dev)
+    rss = rss_in_fresh_processes(args, dev, names)
 
     peak = recheck_peak(dev, args, peak)
     work = e * n * args.epochs  # training images processed per run (all experts)
@@ -196,6 +223,12 @@ def main() -> None:
     print(
         f"   check   max |together - one-at-a-time| = {diff:.3g}; max |vmap - loop| = {diff_vl:.3g}"
     )
+    ref_ratios = vs_reference(results, rss)
+    print_vs_reference(ref_ratios, rss)
+    diff_ref = None
+    if "reference" in last:
+        diff_ref = (last[auto] - last["reference"]).abs().max().item()
+        print(f"   check   max |together - reference| = {diff_ref:.3g}")
     targets = None
     if dev.type == "cuda":
         targets = {
@@ -217,6 +250,9 @@ def main() -> None:
             "ratios": ratios,
             "max_abs_diff_together_vs_one_at_a_time": diff,
             "max_abs_diff_vmap_vs_loop": diff_vl,
+            "vs_reference": ref_ratios,
+            "rss_fresh_processes": rss,
+            "max_abs_diff_vs_reference": diff_ref,
             "gpu_targets": targets,
         },
         args.out,

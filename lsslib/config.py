@@ -138,6 +138,9 @@ class DataConfig(_Params):
         normalisation: ``zca`` (kornia ZCAWhitening fitted on the whole train set),
             ``meanstd`` or ``none``.
         zca_eps: ZCA regulariser (0.1 in MTT/KIP).
+        zca_input: what ZCA is fitted on: ``raw`` [0, 1] pixels (MTT's ``--zca``,
+            the default) or ``meanstd`` (per-channel mean/std first; this library's
+            order before issue #16). See :mod:`lsslib.data`.
         subset_seed: seed of the class-balanced subset draw.
     """
 
@@ -147,6 +150,7 @@ class DataConfig(_Params):
     test_per_class: int | None = None
     normalisation: str = "zca"
     zca_eps: float = 0.1
+    zca_input: str = "raw"
     subset_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -157,6 +161,7 @@ class DataConfig(_Params):
         check_range("test_per_class", self.test_per_class, lo=1, integer=True, allow_none=True)
         check_choice("normalisation", self.normalisation, NORMALISATIONS)
         check_range("zca_eps", self.zca_eps, lo=0, lo_open=True)
+        check_choice("zca_input", self.zca_input, ("raw", "meanstd"))
         check_range("subset_seed", self.subset_seed, lo=0, integer=True)
 
     def shape(self) -> tuple[int, int, int] | None:

@@ -171,6 +171,7 @@ def _identity(data_cfg: DataConfig, spec: ConvNetSpec) -> dict[str, Any]:
         "dataset": data_cfg.dataset,
         "normalisation": data_cfg.normalisation,
         "zca_eps": data_cfg.zca_eps if data_cfg.normalisation == "zca" else None,
+        "zca_input": data_cfg.zca_input if data_cfg.normalisation == "zca" else None,
         "spec": spec.to_dict(),
     }
 
@@ -425,7 +426,7 @@ class ExpertBuffer:
         """
         want = _identity(data_cfg, spec)
         have = self.meta["identity"]
-        for key in ("dataset", "normalisation", "zca_eps", "spec"):
+        for key in ("dataset", "normalisation", "zca_eps", "zca_input", "spec"):
             if have.get(key) != want.get(key):
                 raise BufferMismatch(
                     f"buffer {self.folder} was built for {key}={have.get(key)!r}, but this stage asks "

@@ -72,23 +72,49 @@ def _pick_real(
     n: int,
     gen: torch.Generator,
 ) -> Tensor:
-    """``n`` real images of class ``k``, those the expert classifies correctly first (DATM)."""
-    xs = x[y == k]
-    order = torch.randperm(len(xs), generator=gen).to(xs.device)
-    xs = xs[order]
-    if expert is not None and spec is not None:
+    """``n`` real images of class ``k``, those the expert classifies correctly first (DATM).
+
+    The class's images are visited in one random order drawn from ``gen``; the
+    first ``n`` that the expert classifies correctly are taken, then (if fewer
+    are correct) the incorrect ones in the same order, then repeats. The expert
+    runs on chunks of that order (``max(16, 4n)`` images, doubling up to 4,096)
+    and stops as soon as ``n`` correct images are found (issue #16: classifying all 50,000 training images took 92-102 s at
+    width 128 on two CPU cores), so the picks equal those of classifying every
+    image first, at the cost of a few chunks.
+    """
+    idx = (y == k).nonzero().flatten()
+    order = idx[torch.randperm(len(idx), generator=gen).to(idx.device)]
+    if expert is not None and spec is not None and len(order):
+        chunk = max(16, 4 * n)  # enough when the expert gets a quarter right; doubles if not
+        good: list[Tensor] = []
+        found, seen = 0, 0
         with torch.no_grad():
-            ok = torch.cat(
-                [
-                    convnet_forward(spec, expert, xs[i : i + 1000]).argmax(1) == k
-                    for i in range(0, len(xs), 1000)
-                ]
-            )
-        xs = torch.cat([xs[ok], xs[~ok]])
-    if len(xs) < n:
-        reps = math.ceil(n / max(len(xs), 1))
-        xs = xs.repeat(reps, 1, 1, 1)
-    return xs[:n]
+            while seen < len(order) and found < n:
+                cand = order[seen : seen + chunk]
+                ok = convnet_forward(spec, expert, x[cand]).argmax(1) == k
+                good.append(cand[ok])
+                found += int(ok.sum())
+                seen += len(cand)
+                chunk = min(2 * chunk, 4096)
+        good_idx = torch.cat(good)
+        if found >= n:
+            order = good_idx
+        else:  # every image was classified: the correct ones, then the rest in order
+            ok_all = torch.zeros(len(order), dtype=torch.bool, device=order.device)
+            ok_all[torch.isin(order, good_idx)] = True
+            order = torch.cat([order[ok_all], order[~ok_all]])
+        import logging  # local: only this function's body is edited here (issue #16)
+
+        logging.getLogger(__name__).info(
+            "initial images of class %d: %d of %d correct in the first %d candidates",
+            k,
+            found,
+            n,
+            seen,
+        )
+    if len(order) < n:
+        order = order.repeat(math.ceil(n / max(len(order), 1)))
+    return x[order[:n]]
 
 
 def build_synset(

@@ -54,6 +54,7 @@ train_per_class: Optional[int] = None
 test_per_class: Optional[int] = None
 normalisation: Optional[str] = None
 zca_eps: Optional[float] = None
+zca_input: Optional[str] = None
 subset_seed: Optional[int] = None
 net_depth: Optional[int] = None
 net_width: Optional[int] = None

@@ -126,7 +126,7 @@ def lss_tiny_buffer(tmp_path_factory, lss_tiny_data):
 CIFAR_CACHE_GLOBS = (
     "cifar10_*_train.json",
     "cifar10_*_test.json",
-    "cifar10_*_zca_eps0.1_n50000.json",
+    "cifar10_*_zca_raw_eps0.1_n50000.json",  # MTT order (DataConfig.zca_input="raw")
 )
 
 

@@ -37,13 +37,13 @@ def test_cache_dir_follows_environment(tmp_path, monkeypatch):
 
 
 def test_fit_zca_round_trip_and_cache(tmp_path, monkeypatch):
-    """kornia ZCA fitted through lsslib: invert(normalise(x)) == x / 255; cached on disk."""
+    """kornia ZCA fitted through lsslib (the mean/std-first order): invert(normalise(x)) == x / 255; cached on disk."""
     monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path))
     g = torch.Generator().manual_seed(0)
     # correlated pixels so that the whitening does something
     base = torch.rand(300, 3, 1, 1, generator=g) * 200
     x = (base + torch.rand(300, 3, 4, 4, generator=g) * 55).to(torch.uint8)
-    norm = lssdata._fit_normaliser("tinyset", x, "zca", 0.1)
+    norm = lssdata._fit_normaliser("tinyset", x, "zca", 0.1, "meanstd")
     assert norm.zca_matrix is not None and norm.zca_matrix.shape == (48, 48)
     # mean/std computed from the data for a dataset without published statistics
     xf = x.float() / 255
@@ -62,9 +62,90 @@ def test_fit_zca_round_trip_and_cache(tmp_path, monkeypatch):
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 2
     assert all(f.startswith("tinyset_") and "_zca_eps0.1_n300." in f for f in files)
-    again = lssdata._fit_normaliser("tinyset", x, "zca", 0.1)
+    again = lssdata._fit_normaliser("tinyset", x, "zca", 0.1, "meanstd")
     assert torch.equal(again.zca_matrix, norm.zca_matrix)
     assert torch.equal(again.zca_inverse, norm.zca_inverse)
+
+
+def _reference_zca(flat: torch.Tensor, eps: float) -> torch.Tensor:
+    """Whitening computed here, independently of kornia, as in the MTT/KIP code.
+
+    ``flat`` float64 ``[N, D]``: centre by the feature means, unbiased covariance,
+    its eigendecomposition ``V diag(l) V^T``, ``W = V diag((l + eps)^-1/2) V^T``;
+    returns ``(flat - mean) @ W``.
+    """
+    import numpy as np
+
+    a = flat.numpy()
+    centred = a - a.mean(axis=0, keepdims=True)
+    cov = centred.T @ centred / (len(a) - 1)
+    evals, evecs = np.linalg.eigh(cov)
+    w = evecs @ np.diag(1.0 / np.sqrt(evals + eps)) @ evecs.T
+    return torch.from_numpy(centred @ w)
+
+
+def _zca_fixture(n: int = 400, side: int = 4) -> torch.Tensor:
+    """uint8 ``[n, 3, side, side]`` with correlated channels of unequal spread."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.rand(n, 1, 1, 1, generator=g) * 150
+    scale = torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1, 1)  # channel std differs
+    x = base * scale + torch.rand(n, 3, side, side, generator=g) * 100
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def test_zca_raw_matches_reference_whitening(tmp_path, monkeypatch):
+    """Default ZCA = MTT's: kornia eps 0.1 on the raw [0, 1] pixels (no mean/std before).
+
+    Compared with a whitening computed in the test; the old order (mean/std first)
+    gives clearly different pixels on this fixture, so this test fails on it.
+    """
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path))
+    x = _zca_fixture()
+    raw = (x.double() / 255).flatten(1)
+    ref = _reference_zca(raw, 0.1)
+    norm = lssdata._fit_normaliser("tinyset", x, "zca", 0.1)  # default zca_input="raw"
+    assert torch.equal(norm.mean, torch.zeros(3)) and torch.equal(norm.std, torch.ones(3))
+    got = norm(x).flatten(1).double()
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-4)
+    # the other order, fitted on mean/std-normalised pixels, is its own reference ...
+    ms = lssdata._fit_normaliser("tinyset", x, "zca", 0.1, "meanstd")
+    xf = x.double() / 255
+    normed = ((xf - ms.mean.double()[:, None, None]) / ms.std.double()[:, None, None]).flatten(1)
+    torch.testing.assert_close(
+        ms(x).flatten(1).double(), _reference_zca(normed, 0.1), rtol=0, atol=2e-4
+    )
+    # ... and differs from MTT's by far more than the tolerance
+    assert (ms(x).flatten(1).double() - ref).abs().max() > 0.1
+    # the choice is part of the cache key: two entries, each read back as itself
+    assert len(list(tmp_path.glob("tinyset_*_zca_raw_eps0.1_n400.json"))) == 1
+    assert len(list(tmp_path.glob("tinyset_*_zca_eps0.1_n400.json"))) == 1
+    again = lssdata._fit_normaliser("tinyset", x, "zca", 0.1, "raw")
+    assert torch.equal(again.zca_matrix, norm.zca_matrix)
+    torch.testing.assert_close(norm.invert(norm(x)), x.float() / 255, rtol=0, atol=1e-4)
+
+
+def test_zca_input_is_validated(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match=r"zca_input='whitened'.*'raw'.*'meanstd'"):
+        DataConfig(zca_input="whitened")
+    with pytest.raises(ValueError, match=r"zca_input='x'"):
+        lssdata._fit_normaliser("tinyset", _zca_fixture(8), "zca", 0.1, "x")
+    assert DataConfig().zca_input == "raw"
+    assert list(tmp_path.iterdir()) == []  # refused before any work
+
+
+def test_load_data_zca_input_end_to_end(tmp_path, monkeypatch):
+    """load_data passes DataConfig.zca_input through: an ImageFolder fixture, both orders."""
+    monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path / "cache"))
+    _write_imagefolder(tmp_path / "imgs", seed=2, per_class=20, side=2)
+    xu, _, _ = lssdata.load_split_uint8("imagefolder", "train", str(tmp_path / "imgs"))
+    ref = _reference_zca((xu.double() / 255).flatten(1), 0.1)
+    out = {}
+    for order in ("raw", "meanstd"):
+        cfg = DataConfig(dataset="imagefolder", data_root=str(tmp_path / "imgs"), zca_input=order)
+        out[order] = lssdata.load_data(cfg, progress=False).x_train.flatten(1).double()
+    torch.testing.assert_close(out["raw"], ref, rtol=0, atol=2e-4)
+    assert (out["meanstd"] - ref).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("normalisation", ["meanstd", "none"])
@@ -107,7 +188,10 @@ def test_real_cifar10_zca_round_trip(lss_cifar_cache, monkeypatch, tmp_path):
     assert err.mean() < 1e-5
     # ZCA was fitted on the whole training set, not the subset
     assert d.normaliser.zca_matrix.shape == (3072, 3072)
-    assert any(lss_cifar_cache.glob("cifar10_*_zca_eps0.1_n50000.json"))
+    assert any(lss_cifar_cache.glob("cifar10_*_zca_raw_eps0.1_n50000.json"))
+    # MTT's ZCA on raw pixels: the mean/std step is the identity
+    assert torch.equal(d.normaliser.mean, torch.zeros(3))
+    assert torch.equal(d.normaliser.std, torch.ones(3))
 
 
 def _write_imagefolder(root, seed: int, per_class: int = 3, side: int = 4):
@@ -230,7 +314,7 @@ def test_zca_cache_is_keyed_by_pixels_for_named_datasets(tmp_path, monkeypatch):
     xs = [torch.randint(0, 256, (40, 3, 2, 2), generator=g, dtype=torch.uint8) for _ in range(2)]
     n1, n2 = (lssdata._fit_normaliser("cifar10", x, "zca", 0.1) for x in xs)
     assert not torch.equal(n1.zca_matrix, n2.zca_matrix)
-    assert len(list(tmp_path.glob("cifar10_*_zca_eps0.1_n40.json"))) == 2
+    assert len(list(tmp_path.glob("cifar10_*_zca_raw_eps0.1_n40.json"))) == 2
 
 
 def test_downloaded_dataset_is_decoded_once(tmp_path, monkeypatch):

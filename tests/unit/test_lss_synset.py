@@ -356,3 +356,57 @@ def test_real_init_prefers_images_the_expert_classifies_correctly():
     syn = build("pixels", lay, rank=1, x_real=x, y_real=y, num_classes=2, expert=expert, spec=spec)
     imgs = syn.images().detach()
     assert torch.equal(convnet_forward(spec, expert, imgs).argmax(1), syn.class_index())
+
+
+def _pick_real_classify_all(x, y, expert, spec, k, n, gen):
+    """The rule classified over every image of the class (the code before issue #16)."""
+    from lsslib.models import convnet_forward
+
+    xs = x[y == k]
+    xs = xs[torch.randperm(len(xs), generator=gen)]
+    ok = convnet_forward(spec, expert, xs).argmax(1) == k
+    xs = torch.cat([xs[ok], xs[~ok]])
+    if len(xs) < n:
+        xs = xs.repeat(math.ceil(n / max(len(xs), 1)), 1, 1, 1)
+    return xs[:n]
+
+
+@pytest.mark.parametrize("n", [1, 3, 150, 400])
+def test_pick_real_stops_early_and_equals_classifying_everything(monkeypatch, n):
+    """Cheap initialisation: same picks (and generator state) as classifying every
+    image of the class, but the expert sees only the chunks it needs."""
+    import lsslib.synset as synset_mod
+    from lsslib.models import ConvNetSpec, convnet_forward, init_flat
+
+    spec = ConvNetSpec(3, 8, 2, depth=1, width=4)
+    expert = init_flat(spec, torch.Generator().manual_seed(0))
+    x = torch.randn(600, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    logits = convnet_forward(spec, expert, x)
+    expert[-1] -= (logits[:, 1] - logits[:, 0]).median() - 1e-4  # both classes ~half right
+    y = torch.arange(2).repeat(300)
+    seen = []
+
+    def counting_forward(s, w, xb):
+        seen.append(len(xb))
+        return convnet_forward(s, w, xb)
+
+    monkeypatch.setattr(synset_mod, "convnet_forward", counting_forward)
+    for k in range(2):
+        g_new, g_ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        seen.clear()
+        got = synset_mod._pick_real(x, y, expert, spec, k, n, g_new)
+        ref = _pick_real_classify_all(x, y, expert, spec, k, n, g_ref)
+        assert torch.equal(got, ref)
+        assert torch.equal(g_new.get_state(), g_ref.get_state())  # same draws consumed
+        n_ok = int((convnet_forward(spec, expert, x[y == k]).argmax(1) == k).sum())
+        assert seen[0] == min(max(16, 4 * n), 300)  # chunks: max(16, 4n), then doubling
+        assert all(b == min(2 * a, 4096) for a, b in zip(seen, seen[1:-1], strict=False))
+        if n == 1:  # one correct image is found in the first chunk of 16
+            assert seen == [16]
+        if n > n_ok:  # not enough correct images: every image was classified
+            assert sum(seen) == 300
+    # deterministic from the generator, and another seed picks other images
+    a = synset_mod._pick_real(x, y, expert, spec, 0, 3, torch.Generator().manual_seed(7))
+    b = synset_mod._pick_real(x, y, expert, spec, 0, 3, torch.Generator().manual_seed(7))
+    c = synset_mod._pick_real(x, y, expert, spec, 0, 3, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -146,3 +146,70 @@ def test_evaluation_equals_training_nets_one_by_one(lss_tiny_data):
         )
         acc = float(accuracy(spec, st.flats, d.x_test, d.y_test)[0])
         assert abs(acc - res.accuracies[i]) <= 1e-4
+
+
+def test_test_batch_is_sized_by_memory_and_does_not_change_accuracy(lss_tiny_data):
+    """accuracy(batch=None) sizes its batches by memory; any batch gives the same accuracy."""
+    from lsslib.training import TEST_BATCH_BYTES, test_batch_size
+
+    w128 = ConvNetSpec(3, 32, 10)
+    n = test_batch_size(w128)
+    assert n == TEST_BATCH_BYTES // (3 * 4 * 128 * 32 * 32) == 170  # not the old 2,000
+    assert test_batch_size(w128, budget_bytes=1) == 1
+    assert test_batch_size(ConvNetSpec(3, 8, 4, width=4)) == 10_000
+    d = lss_tiny_data
+    flats = fresh_state([0, 1]).flats
+    auto = accuracy(SPEC, flats, d.x_test, d.y_test)
+    for b in (1, 5, 1000):
+        assert torch.equal(accuracy(SPEC, flats, d.x_test, d.y_test, batch=b), auto)
+    with pytest.raises(ValueError, match="batch=0"):
+        accuracy(SPEC, flats, d.x_test, d.y_test, batch=0)
+
+
+def test_curve_costs_at_most_five_percent_and_can_be_off(lss_tiny_data, monkeypatch):
+    """The curve's test images keep it within 5 % of the evaluation; curve_points=0 skips it."""
+    import lsslib.evaluate as ev
+    from lsslib.models import flops_per_image
+
+    w128 = ConvNetSpec(3, 32, 10)
+    f = flops_per_image(w128)
+    f1 = 2 * 32 * 32 * 128 * 3 * 9
+    for n_img, epochs in ((10, 300), (100, 500), (500, 1000), (1, 10)):
+        n = ev.curve_test_images(w128, n_img, epochs, 10_000, 5)
+        train_test = n_img * epochs * (3 * f - f1) + 10_000 * f
+        assert 0 <= n <= 1000
+        assert 4 * n * f <= 0.05 * (train_test + 4 * n * f)  # within 5 %
+        if n < 1000:  # and the largest count that is
+            assert 4 * (n + 1) * f > 0.05 * (train_test + 4 * (n + 1) * f)
+    assert ev.curve_test_images(w128, 10, 300, 10_000, 5) == 247
+    assert ev.curve_test_images(w128, 10, 300, 10_000, 1) == 0
+    calls = []
+    real_accuracy = ev.accuracy
+    monkeypatch.setattr(
+        ev, "accuracy", lambda *a, **k: calls.append(len(a[2])) or real_accuracy(*a, **k)
+    )
+    d = lss_tiny_data
+    cfg = EvalConfig(num_eval=1, eval_epochs=4, batch_eval=16)
+    seen = []
+    res = evaluate_images(
+        SPEC,
+        d.x_train,
+        d.y_train,
+        d,
+        cfg,
+        lr=0.01,
+        curve_points=0,
+        progress=lambda e, t: seen.append((e, t)),
+    )
+    assert res.curve_epochs == [4] and calls == [len(d.y_test)]  # the final test only
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    calls.clear()
+    res2 = evaluate_images(
+        SPEC, d.x_train, d.y_train, d, cfg, lr=0.01, curve_points=2, progress=False
+    )
+    assert (
+        res2.curve_epochs == [2, 4] and res2.accuracies == res.accuracies
+    )  # the curve changes nothing
+    assert calls[-1] == len(d.y_test) and len(calls) == 2
+    with pytest.raises(ValueError, match="curve_points=-1"):
+        evaluate_images(SPEC, d.x_train, d.y_train, d, cfg, lr=0.01, curve_points=-1)

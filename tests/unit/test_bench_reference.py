@@ -1,0 +1,82 @@
+"""The benchmarks' plain PyTorch reference computes what lsslib computes (issue #16).
+
+The speed ratios of ``benchmarks/`` are only meaningful if the reference runs
+the same protocol; these tests check it on tiny shapes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lsslib.augment import apply_dsa, sample_dsa
+from lsslib.config import EvalConfig
+from lsslib.distill import make_plan, matching_loss
+from lsslib.evaluate import evaluate_images
+from lsslib.models import ConvNetSpec, convnet_forward, init_flat
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import _reference as ref  # noqa: E402
+
+DSA = "color_crop_cutout_flip_scale_rotate"
+SPEC = ConvNetSpec(3, 8, 4, depth=2, width=4)
+
+
+@pytest.mark.parametrize("family", DSA.split("_"))
+def test_reference_dsa_equals_lsslib(family):
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    p = sample_dsa(family, 6, 8, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ref.ref_dsa(x, p), apply_dsa(x, p), rtol=1e-6, atol=1e-6)
+
+
+def test_reference_module_equals_flat_forward():
+    flat = init_flat(SPEC, torch.Generator().manual_seed(0))
+    net = ref._net_from_flat(SPEC, flat)
+    x = torch.randn(5, 3, 8, 8)
+    torch.testing.assert_close(net(x), convnet_forward(SPEC, flat, x), rtol=1e-5, atol=1e-6)
+
+
+def test_reference_evaluation_equals_evaluate_images(lss_tiny_data):
+    d = lss_tiny_data
+    cfg = EvalConfig(num_eval=2, eval_epochs=4, batch_eval=16, eval_seed=3)
+    res = evaluate_images(SPEC, d.x_train, d.y_train, d, cfg, lr=0.02, progress=False)
+    accs = ref.ref_evaluate(
+        SPEC,
+        d.x_train,
+        d.y_train,
+        d.x_test,
+        d.y_test,
+        nets=2,
+        seed=3,
+        epochs=4,
+        lr=0.02,
+        batch=16,
+        dsa=DSA,
+    )
+    assert accs == pytest.approx(res.accuracies, abs=1 / len(d.y_test) + 1e-9)
+
+
+def test_reference_unrolled_iteration_equals_matching_loss():
+    g = torch.Generator().manual_seed(0)
+    start = init_flat(SPEC, g)
+    target = start + 0.05 * torch.randn(start.shape, generator=g)
+    plan = make_plan(8, 3, 4, 8, DSA, g)
+    grads = []
+    for use_ref in (True, False):
+        x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        logits = torch.randn(8, 4, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+        lr = torch.tensor(0.05, requires_grad=True)
+        y = torch.softmax(logits, -1)
+        if use_ref:
+            loss = ref.ref_unrolled_iteration(
+                SPEC, ref.RefConvNet(SPEC), start, target, x, y, lr, plan.indices, plan.augment
+            )
+        else:
+            loss = matching_loss(SPEC, start, target, x, y, lr, plan, "unrolled")
+            loss.backward()
+        grads.append((loss.detach(), x.grad, logits.grad, lr.grad))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
