@@ -65,6 +65,7 @@ data: setup
 # files in book/_generated/.
 pipeline: setup
 	$(PY) workflow/scripts/timed.py --out results/$(PROFILE)/pipeline_time.txt \
+	  --watch results/$(PROFILE)/logs \
 	  --keep-if "Nothing to be done" --keep-if "This was a dry-run" -- \
 	  $(SNAKEMAKE) --configfile lsslib/_profiles/$(PROFILE).yaml \
 	  --config device=$(DEVICE) --cores $(CORES) --rerun-incomplete --show-failed-logs \

@@ -16,6 +16,11 @@ and error, merged into standard output) is scanned while it is passed through; w
 done", or the end of a dry run), an existing record is kept, so a no-op rerun
 does not overwrite the timing of the run that did the work.
 
+With ``--watch DIR`` a thread prints, every ``--watch-every`` seconds, one line per
+stage log in DIR written to since the last look: the stage and the last progress
+bar its notebook drew (stage, epoch or iteration, ETA), so a long first job shows
+signs of life while its full log stays in DIR.
+
 The exit status is the command's.
 """
 
@@ -26,12 +31,43 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+#: A tqdm bar as the stage notebooks draw it: "desc:  45%|####  | 45/100 [00:12<00:15, ...]".
+BAR = re.compile(r"[^\r\n]*\d+%\|[^\r\n]*\]")
+
+
+def last_progress(log: Path, tail: int = 8192) -> str | None:
+    """The last progress bar in the end of a stage log, or ``None``."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - tail))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    bars = BAR.findall(text)
+    return " ".join(bars[-1].split()) if bars else None
+
+
+def watch(folder: Path, every: float, stop: threading.Event) -> None:
+    """Print the stages' live progress lines until ``stop`` is set."""
+    seen: dict[Path, float] = {}
+    while not stop.wait(every):
+        for log in sorted(folder.glob("*.log")):
+            mtime = log.stat().st_mtime
+            if seen.get(log) == mtime:
+                continue
+            seen[log] = mtime
+            bar = last_progress(log)
+            if bar:
+                print(f"[{log.stem}] {bar}", flush=True)
 
 
 def peak_rss_mb() -> float:
@@ -47,12 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-if", action="append", default=[], help="keep an old record if stderr has this"
     )
+    parser.add_argument("--watch", type=Path, help="folder of stage logs to report from")
+    parser.add_argument("--watch-every", type=float, default=30.0, help="seconds between reports")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given (put it after --)")
 
+    stop = threading.Event()
+    if args.watch is not None:
+        args.watch.mkdir(parents=True, exist_ok=True)
+        threading.Thread(
+            target=watch, args=(args.watch, args.watch_every, stop), daemon=True
+        ).start()
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     seen = False
@@ -68,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         status = proc.wait()
     else:
         status = subprocess.call(command)
+    stop.set()
     wall = time.monotonic() - t0
     finished = dt.datetime.now(dt.timezone.utc)
 
