@@ -156,6 +156,8 @@ def lss_cifar_cache(tmp_path_factory) -> Path:
 
     if os.environ.get("LSS_TEST_DECODE") == "1" and find_data_root("cifar10") is not None:
         return tmp_path_factory.mktemp("lss_cifar_cache")
+    if os.environ.get("LSS_REQUIRE_CIFAR_CACHE") == "1":  # make test, after the smoke run
+        pytest.fail("no decoded CIFAR-10 cache although the smoke pipeline ran before")
     pytest.skip("no decoded CIFAR-10 cache (run the data stage, or set LSS_TEST_DECODE=1)")
 
 

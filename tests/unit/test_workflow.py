@@ -183,6 +183,7 @@ def small_smoke_profile(tmp_path: Path) -> tuple[dict, Path]:
     prof["main"] = {"lss": "lss", "mtt": "lss"}
     prof["ablations"] = {"rank": ["lss_r2", "lss"], "schedule": ["lss", "lss_stair"]}
     del prof["baselines"]
+    prof.pop("compare", None)
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(prof, sort_keys=False))
     return prof, path
