@@ -16,7 +16,7 @@ wall and process CPU time, minor page faults and the peak RSS (VmHWM) of each:
 Usage::
 
     python benchmarks/bench_malloc.py --width 128 --threads 1 --rounds 1 \\
-        --out benchmarks/records/cpu_malloc_w128.json
+        --out benchmarks/records/extra/cpu_malloc_w128.json
 """
 
 from __future__ import annotations

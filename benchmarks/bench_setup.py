@@ -17,7 +17,7 @@ of the training images correctly, fewer than a real buffer's.
 
 Usage::
 
-    python benchmarks/bench_setup.py --buffer /tmp/lss_buffer_w128 --threads 2 --out benchmarks/records/cpu_setup_w128.json
+    python benchmarks/bench_setup.py --buffer /tmp/lss_buffer_w128 --threads 2 --out benchmarks/records/extra/cpu_setup_w128.json
 """
 
 from __future__ import annotations
