@@ -104,12 +104,19 @@ def rss_only(args, variants: dict[str, Callable[[], Any]]) -> None:
     """Child mode (``--rss-only NAME``): run one variant once, print its RSS figures, exit.
 
     The printed JSON line gives ``peak_rss_mib`` (VmHWM: the process's resident-set
-    high-water mark, interpreter and torch included) and ``base_rss_mib`` (VmRSS just
-    before the run, after the inputs were built).
+    high-water mark during the run, interpreter, torch and inputs included; the
+    mark is reset after building the inputs, so that a larger set-up, e.g.
+    bench_distill's stand-in expert steps at batch 256, does not hide the run)
+    and ``base_rss_mib`` (VmRSS just before the run).
     """
     if not args.rss_only:
         return
     gc.collect()
+    _malloc_trim()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # then VmHWM is the whole process's peak
     base = (_status_kb("VmRSS") or 0) * 1024
     variants[args.rss_only]()
     peak = (_status_kb("VmHWM") or 0) * 1024

@@ -77,7 +77,7 @@ def _pick_real(
     The class's images are visited in one random order drawn from ``gen``; the
     first ``n`` that the expert classifies correctly are taken, then (if fewer
     are correct) the incorrect ones in the same order, then repeats. The expert
-    runs on chunks of that order (``max(16, 4n)`` images, doubling up to 4,096)
+    runs on chunks of that order (``max(8, 2n)`` images, doubling up to 4,096)
     and stops as soon as ``n`` correct images are found (issue #16: classifying all 50,000 training images took 92-102 s at
     width 128 on two CPU cores), so the picks equal those of classifying every
     image first, at the cost of a few chunks.
@@ -85,7 +85,7 @@ def _pick_real(
     idx = (y == k).nonzero().flatten()
     order = idx[torch.randperm(len(idx), generator=gen).to(idx.device)]
     if expert is not None and spec is not None and len(order):
-        chunk = max(16, 4 * n)  # enough when the expert gets a quarter right; doubles if not
+        chunk = max(8, 2 * n)  # enough when the expert gets half right; doubles if not
         good: list[Tensor] = []
         found, seen = 0, 0
         with torch.no_grad():

@@ -1,28 +1,55 @@
-import json, sys, torch
+"""Compare two results/cpu folders number by number (the redesign's bitwise check).
+
+Usage: python records/checks/compare_cpu_runs.py BEFORE/results/cpu AFTER/results/cpu
+Prints one row per run and baseline: synthetic-set tensors (torch.equal), tensors
+added, evaluation accuracies and curve, syn_lr, storage, and the log without its
+``seconds`` column (all compared exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
 from pathlib import Path
-sys.path.insert(0, "/work/main")
+
+import torch
+
 from lsslib.artifacts import load_artifact
-old, new = Path("/work/baseline/results/cpu"), Path("/work/newcpu/results/cpu")
-rows = []
-for run in sorted(p.name for p in (old / "runs").iterdir()):
-    # tensors: old artifacts are NAME.safetensors; new code (01ad138) too (before versioned files)
-    to, mo = load_artifact(old / "runs" / run / "synset", kind="synset")
-    tn, mn = load_artifact(new / "runs" / run / "synset", kind="synset")
-    same_t = all(torch.equal(to[k], tn["synset." + k[7:]] if k.startswith("synset.") else tn[k]) for k in to)
-    extra = sorted(set(tn) - set(to))
-    ao = json.load(open(old / "runs" / run / "eval" / "metrics.json"))["result"]
-    an = json.load(open(new / "runs" / run / "eval" / "metrics.json"))["result"]
-    rows.append((run, same_t, extra, ao["accuracies"] == an["accuracies"], ao["curve_mean"] == an["curve_mean"], mo["syn_lr"] == mn["syn_lr"], mo["storage"] == {k: v for k, v in mn["storage"].items()}))
-    lo = (old / "runs" / run / "log.csv").read_text().splitlines()
-    ln = (new / "runs" / run / "log.csv").read_text().splitlines()
-    strip = lambda lines: [",".join(l.split(",")[:-1]) for l in lines]  # drop 'seconds'
-    rows[-1] += (strip(lo) == strip(ln),)
-for b in ("random_real", "full"):
-    ao = json.load(open(old / "baselines" / b / "metrics.json"))["result"]
-    an = json.load(open(new / "baselines" / b / "metrics.json"))["result"]
-    rows.append((f"baseline {b}", None, None, ao["accuracies"] == an["accuracies"], ao["curve_mean"] == an["curve_mean"], None, None, None))
-# buffers: copied from the old run (experts code untouched); expert curves table
-print("| run | synset tensors | new tensors | eval accuracies | curve | syn_lr | storage | log (no seconds) |")
-for r in rows: print("|", " | ".join(str(x) for x in r), "|")
-for t in ("main", "rank_ablation", "schedule_ablation", "buffers", "storage"):
-    a = (old.parent.parent / "book/_generated/tables" / f"{t}.csv")
+
+
+def _log(path: Path) -> list[str]:
+    return [",".join(line.split(",")[:-1]) for line in path.read_text().splitlines()]
+
+
+def _result(path: Path) -> dict:
+    return json.loads(path.read_text())["result"]
+
+
+def main(old: Path, new: Path) -> None:
+    print("| run | synset tensors | tensors added | accuracies | curve | syn_lr | storage | log |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run in sorted(p.name for p in (old / "runs").iterdir()):
+        a, b = old / "runs" / run, new / "runs" / run
+        ta, ma = load_artifact(a / "synset", kind="synset")
+        tb, mb = load_artifact(b / "synset", kind="synset")
+        same = all(torch.equal(ta[k], tb[k]) for k in ta)
+        ra, rb = _result(a / "eval" / "metrics.json"), _result(b / "eval" / "metrics.json")
+        cells = [
+            same,
+            ", ".join(sorted(set(tb) - set(ta))) or "-",
+            ra["accuracies"] == rb["accuracies"],
+            ra["curve_mean"] == rb["curve_mean"],
+            ma["syn_lr"] == mb["syn_lr"],
+            ma["storage"] == mb["storage"],
+            _log(a / "log.csv") == _log(b / "log.csv"),
+        ]
+        print(f"| {run} | " + " | ".join(str(c) for c in cells) + " |")
+    for name in sorted(p.name for p in (old / "baselines").iterdir()):
+        ra = _result(old / "baselines" / name / "metrics.json")
+        rb = _result(new / "baselines" / name / "metrics.json")
+        same = (ra["accuracies"] == rb["accuracies"], ra["curve_mean"] == rb["curve_mean"])
+        print(f"| baseline {name} | - | - | {same[0]} | {same[1]} | - | - | - |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

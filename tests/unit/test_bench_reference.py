@@ -14,9 +14,10 @@ import torch
 
 from lsslib.augment import apply_dsa, sample_dsa
 from lsslib.config import EvalConfig
-from lsslib.distill import make_plan, matching_loss
 from lsslib.evaluate import evaluate_images
+from lsslib.matching import matching_loss
 from lsslib.models import ConvNetSpec, convnet_forward, init_flat
+from lsslib.plan import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import _reference as ref  # noqa: E402

@@ -399,10 +399,10 @@ def test_pick_real_stops_early_and_equals_classifying_everything(monkeypatch, n)
         assert torch.equal(got, ref)
         assert torch.equal(g_new.get_state(), g_ref.get_state())  # same draws consumed
         n_ok = int((convnet_forward(spec, expert, x[y == k]).argmax(1) == k).sum())
-        assert seen[0] == min(max(16, 4 * n), 300)  # chunks: max(16, 4n), then doubling
+        assert seen[0] == min(max(8, 2 * n), 300)  # chunks: max(8, 2n), then doubling
         assert all(b == min(2 * a, 4096) for a, b in zip(seen, seen[1:-1], strict=False))
-        if n == 1:  # one correct image is found in the first chunk of 16
-            assert seen == [16]
+        if n == 1:  # one correct image is found in the first chunk of 8
+            assert seen == [8]
         if n > n_ok:  # not enough correct images: every image was classified
             assert sum(seen) == 300
     # deterministic from the generator, and another seed picks other images
