@@ -11,6 +11,7 @@ Snakefile, the notebooks, the reports and the summary ask it for paths::
         eval/metrics.json          its evaluation record (:class:`EvalRecord`)
       baselines/NAME/metrics.json  random real / full-set baselines (:class:`EvalPaths`)
       ablation_KIND/table.csv      an ablation's table and figures (:class:`AblationPaths`)
+        runs/NAME/                 runs the ablation's sweep made itself
       notebooks/ logs/ benchmarks/ executed notebooks, job logs, Snakemake benchmark TSVs
 
 Records are JSON, written atomically; nothing is unpickled.
@@ -176,6 +177,13 @@ class Results:
     def benchmark(self, job: str) -> Path:
         """Snakemake's ``benchmark:`` TSV of a job."""
         return self.root / "benchmarks" / f"{job}.tsv"
+
+    def all_runs(self) -> list[RunPaths]:
+        """Every distillation run under this folder with a saved set: the profile's runs
+        and the runs the ablation sweeps made themselves (sorted, profile runs first)."""
+        sets = sorted(self.root.glob("runs/*/synset.json"))
+        sets += sorted(self.root.glob("ablation_*/runs/*/synset.json"))
+        return [RunPaths(p.parent) for p in sets]
 
     @property
     def benchmarks(self) -> Path:

@@ -466,17 +466,14 @@ def find_run(
     """An evaluated run under ``results`` with exactly these distillation and evaluation
     parameters (compared by content, never by name), or ``None``.
 
-    Looks in ``runs/*`` (the profile's runs) and ``ablation_*/runs/*`` (runs a sweep made).
+    Looks at every run of :meth:`lsslib.results.Results.all_runs` (the profile's runs
+    and the runs earlier sweeps made).
     """
     d = DistillConfig.from_params(distill_params).to_dict()
     data_cfg = DataConfig.from_params(distill_params).to_dict()
     e = EvalConfig.from_params(eval_params).to_dict()
-    candidates = sorted(results.root.glob("runs/*/synset.json")) + sorted(
-        results.root.glob("ablation_*/runs/*/synset.json")
-    )
-    for js in candidates:
-        run = RunPaths(js.parent)
-        if not run.eval.metrics.is_file() or not _same_run(read_json(js), d, data_cfg):
+    for run in results.all_runs():
+        if not run.eval.metrics.is_file() or not _same_run(read_json(run.synset_json), d, data_cfg):
             continue
         if EvalRecord.read(run.eval.metrics).config.get("eval") == e:
             return run
@@ -498,7 +495,7 @@ def sweep(
     """The evaluated runs of an ablation: ``base`` with the swept parameter set to each
     value (plus that value's ``overrides``). A run whose artifacts exist with the same
     configuration (:func:`find_run`) is reused; any other is distilled and evaluated
-    here, into ``out_dir/runs/<value>_<digest>``.
+    here, into the ablation folder's own runs (:meth:`lsslib.results.AblationPaths.run`).
 
     Args:
         kind: ``rank`` or ``schedule`` (:data:`SWEPT`).
