@@ -128,30 +128,33 @@ def ablation_plan(prof: Mapping[str, Any], kind: str) -> dict[str, Any]:
     besides the swept one (e.g. a smaller ``batch_syn``).
 
     Returns:
-        ``{"values": [...], "base": {...}, "base_eval": {...}, "overrides": {value: {...}}}``
-        (the arguments of :func:`sweep`).
+        ``{"values": [...], "base": {...}, "base_eval": {...}, "overrides": {value: {...}},
+        "eval_overrides": {value: {...}}}`` (the arguments of :func:`sweep`).
 
     Raises:
-        ValueError: the profile has no such ablation, or a run's evaluation parameters
-            differ from the base run's.
+        ValueError: the profile has no such ablation.
     """
     check_choice("ablation kind", kind, tuple(prof.get("ablations") or {}))
     key, base_run = SWEPT[kind], prof["main"]["lss"]
     base = _profile_flat(prof, "distill", base_run)
     base_eval = _profile_flat(prof, "evaluate", base_run)
-    values, overrides = [], {}
+    values, overrides, eval_overrides = [], {}, {}
     for run in prof["ablations"][kind]:
-        d = _profile_flat(prof, "distill", run)
-        if _profile_flat(prof, "evaluate", run) != base_eval:
-            raise ValueError(
-                f"invalid parameter ablations.{kind} entry {run!r}: its evaluation parameters "
-                f"differ from the base run {base_run!r}'s; an ablation varies the distillation only"
-            )
+        d, e = _profile_flat(prof, "distill", run), _profile_flat(prof, "evaluate", run)
         values.append(d[key])
         extra = {k: v for k, v in d.items() if k != key and base.get(k) != v}
         if extra:
             overrides[d[key]] = extra
-    return {"values": values, "base": base, "base_eval": base_eval, "overrides": overrides}
+        extra_eval = {k: v for k, v in e.items() if base_eval.get(k) != v}
+        if extra_eval:
+            eval_overrides[d[key]] = extra_eval
+    return {
+        "values": values,
+        "base": base,
+        "base_eval": base_eval,
+        "overrides": overrides,
+        "eval_overrides": eval_overrides,
+    }
 
 
 def _bar(total: int, desc: str, unit: str, initial: int = 0) -> tqdm:
@@ -490,6 +493,7 @@ def sweep(
     device: torch.device,
     *,
     overrides: Mapping[Any, Mapping[str, Any]] | None = None,
+    eval_overrides: Mapping[Any, Mapping[str, Any]] | None = None,
     profile: str | None = "cpu",
 ) -> list[tuple[str, RunPaths]]:
     """The evaluated runs of an ablation: ``base`` with the swept parameter set to each
@@ -502,6 +506,7 @@ def sweep(
         values: the swept values, e.g. ranks ``[2, 4, 8]``.
         base, base_eval: flat distill and evaluate parameters of the base run.
         overrides: per value, further distill parameters (e.g. a smaller ``batch_syn``).
+        eval_overrides: per value, further evaluate parameters.
 
     Returns:
         ``[(label, run)]`` in the order of ``values``.
@@ -517,24 +522,30 @@ def sweep(
             f"papermill's -y, e.g. -y '{kind}s: [{'2, 4, 8' if kind == 'rank' else 'fixed, linear'}]'"
         )
     results, out = Results(results_dir), AblationPaths(Path(out_dir))
-    overrides = dict(overrides or {})
+
+    def of(table: Mapping[Any, Any] | None, v: Any) -> dict[str, Any]:
+        table = dict(table or {})
+        return dict(table.get(v) or table.get(str(v)) or {})
+
     plans = []
     for v in values:
-        params = {**base, key: v, **dict(overrides.get(v) or overrides.get(str(v)) or {})}
-        for cls in STAGE_CONFIGS["distill"]:
-            cls.from_params(params)  # every value validated before any work
-        plans.append((v, params))
+        params = {**base, key: v, **of(overrides, v)}
+        eparams = {**base_eval, **of(eval_overrides, v)}
+        for stage, flat in (("distill", params), ("evaluate", eparams)):
+            for cls in STAGE_CONFIGS[stage]:
+                cls.from_params(flat)  # every value validated before any work
+        plans.append((v, params, eparams))
     runs, real = [], None
-    for v, params in plans:
-        run = find_run(results, params, base_eval)
+    for v, params, eparams in plans:
+        run = find_run(results, params, eparams)
         if run is None:
-            folder = out.run(f"{key}_{v}_{_digest([params, dict(base_eval)])}").folder
+            folder = out.run(f"{key}_{v}_{_digest([params, eparams])}").folder
             print(f"{key}={v}: no run with this configuration; distilling and evaluating it here")
             if real is None:
                 real = data.load_data(DataConfig.from_params(params), device)
             distill(params, results.buffers, folder, device, profile=profile, real=real)
             evaluate_set(
-                base_eval,
+                eparams,
                 "synset",
                 RunPaths(folder).eval.folder,
                 device,

@@ -51,6 +51,7 @@ schedules: Optional[list] = (
 base: Optional[dict] = None  # distill parameters of the base run (None: the profile's main LSS run)
 base_eval: Optional[dict] = None  # its evaluation parameters (None: the profile's)
 overrides: Optional[dict] = None  # per value, further distill parameters
+eval_overrides: Optional[dict] = None  # per value, further evaluation parameters
 results_dir: Optional[str] = None  # None: results/<profile>
 out_dir: Optional[str] = None  # None: results/<profile>/ablation_schedule
 device: str = "cpu"
@@ -73,6 +74,11 @@ runs = stages.sweep(
     out_dir,
     dev,
     overrides=plan.get("overrides") if overrides is None and schedules is None else overrides,
+    eval_overrides=(
+        plan.get("eval_overrides")
+        if eval_overrides is None and schedules is None
+        else eval_overrides
+    ),
     profile=profile,
 )
 table = stages.ablation("schedule", runs, out_dir)
