@@ -46,13 +46,15 @@ def test_notebook_parameters_default_to_the_profile(stem: str, stage: str) -> No
 
 
 def test_colab_cell_is_the_generated_one() -> None:
-    """The Colab install cell is written once (notebooks/sync_colab_cell.py)."""
-    sys.path.insert(0, str(NB))
+    """The Colab install cell is written once (workflow/scripts/sync_colab_cell.py)."""
+    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
     import sync_colab_cell
 
     for py in sorted(NB.glob("0*.py")):
         text = py.read_text()
-        assert sync_colab_cell.cell() in text, f"{py.name}: run python notebooks/sync_colab_cell.py"
+        assert sync_colab_cell.cell() in text, (
+            f"{py.name}: run python workflow/scripts/sync_colab_cell.py"
+        )
 
 
 def test_every_stage_notebook_has_a_typed_parameters_cell() -> None:
