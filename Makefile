@@ -4,6 +4,8 @@
 #   make data                   show where lsslib finds (or would download) the data
 #   make pipeline PROFILE=cpu   run the Snakemake workflow for one profile
 #   make book PROFILE=cpu       setup + pipeline + strict book build (_build/html)
+#   make study                  the study profile (seeds, factorial, ~2 h on 2 cores)
+#                               and its records (records/study/)
 #   make unlock PROFILE=cpu     release Snakemake's lock after a crash or kill
 #   make test                   everything CI checks (lint, unit tests, fault-injection
 #                               suite, notebook pairing, dry runs, smoke pipeline,
@@ -35,10 +37,10 @@ SNAKEMAKE := $(VENV)/bin/snakemake -s workflow/Snakefile
 PROFILES := $(basename $(notdir $(wildcard lsslib/_profiles/*.yaml)))
 SETUP_STAMP := $(VENV)/.lsslib-installed
 
-.PHONY: help setup data pipeline unlock book test lint unit faults colab-test cache-tests notebooks-paired dry-runs book-tests slurm-test clean
+.PHONY: help setup data pipeline unlock book study test lint unit faults colab-test cache-tests notebooks-paired dry-runs book-tests slurm-test clean
 
 help:
-	@sed -n '1,21p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,23p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- environment -----------------------------------------------------------
 setup: $(SETUP_STAMP)
@@ -80,6 +82,20 @@ unlock: setup
 
 book: pipeline
 	bash book/build.sh
+
+# The study of issue 12 (lsslib/_profiles/study.yaml: 3 distillation seeds, the
+# parameterisation x labels factorial, label-robust, best-iteration and cross-
+# architecture evaluations; about 2 hours on 2 cores). Its book inputs go to
+# results/study/book (not book/_generated); its records of record to records/study.
+STUDY ?= study
+study: setup
+	$(PY) workflow/scripts/timed.py --out results/$(STUDY)/pipeline_time.txt \
+	  --watch results/$(STUDY)/logs \
+	  --keep-if "Nothing to be done" --keep-if "This was a dry-run" -- \
+	  $(SNAKEMAKE) --configfile lsslib/_profiles/$(STUDY).yaml \
+	  --config device=$(DEVICE) book_dir=results/$(STUDY)/book --cores $(CORES) \
+	  --rerun-incomplete --show-failed-logs $(SNAKEFLAGS)
+	$(PY) workflow/scripts/keep_records.py results/$(STUDY) records/$(STUDY)
 
 # --- checks ----------------------------------------------------------------
 test: setup lint unit faults colab-test notebooks-paired dry-runs

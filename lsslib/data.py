@@ -64,7 +64,7 @@ import torch
 from torch import Tensor
 
 from .artifacts import ArtifactError, check_free_space, load_artifact, read_metadata, save_artifact
-from .config import DataConfig
+from .config import DataConfig, check_range
 from .locking import file_lock
 
 __all__ = [
@@ -76,6 +76,8 @@ __all__ = [
     "source_fingerprint",
     "split_cache_stem",
     "class_balanced_indices",
+    "class_balanced_split",
+    "validation_split",
     "Normaliser",
 ]
 
@@ -459,6 +461,81 @@ def _decode_split(
         extra={"classes": classes, "source": source, "fingerprint": fingerprint},
     )
     return x, y, classes
+
+
+def class_balanced_split(
+    labels: Tensor, per_class: int, held_out: int, *, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Two disjoint class-balanced draws from one random order per class: the first
+    ``per_class`` examples of each class (exactly :func:`class_balanced_indices` with
+    the same seed) and the next ``held_out`` ones.
+
+    This is how the validation split of issue 12 is taken from training images that no
+    stage trains on: the training subset is unchanged by holding images out.
+
+    Args:
+        labels: int64 ``[N]``.
+        per_class: examples per class of the first draw.
+        held_out: examples per class of the second draw.
+        seed: seed of the draw (a private ``torch.Generator``).
+
+    Returns:
+        ``(first int64 [K * per_class], second int64 [K * held_out])``, each grouped by
+        class in label order; no index occurs in both.
+
+    Raises:
+        ValueError: a class has fewer than ``per_class + held_out`` examples.
+    """
+    g = torch.Generator().manual_seed(seed)
+    first, second = [], []
+    for c in labels.unique(sorted=True).tolist():
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < per_class + held_out:
+            raise ValueError(
+                f"invalid parameter val_per_class={held_out}: class {c} has {len(idx)} "
+                f"examples, fewer than train_per_class + val_per_class = {per_class + held_out}"
+            )
+        order = idx[torch.randperm(len(idx), generator=g)]
+        first.append(order[:per_class])
+        second.append(order[per_class : per_class + held_out])
+    return torch.cat(first), torch.cat(second)
+
+
+def validation_split(
+    config: DataConfig, per_class: int, normaliser: Normaliser, device: str | torch.device = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """A validation split of ``per_class`` training images per class that no stage
+    trains on (issue 12: choosing the best distillation iteration without the test set).
+
+    The images come after the training subset in the same per-class random order
+    (:func:`class_balanced_split`), so they are disjoint from every image the experts,
+    the distillation (its real initial images) and the evaluation networks (the
+    random-real baseline, the full training subset) use, and from the test split.
+
+    Args:
+        config: the data configuration; ``train_per_class`` must be set (with the whole
+            training split in use there is no unused image to hold out: lower
+            ``train_per_class`` to pay for a validation split, as the paper profiles do).
+        per_class: validation images per class.
+        normaliser: the fitted normaliser of the loaded data (:attr:`RealData.normaliser`).
+        device: where the tensors go.
+
+    Returns:
+        ``(x float32 [K * per_class, C, H, W] normalised, y int64 [K * per_class])``.
+
+    Raises:
+        ValueError: ``per_class`` < 1; ``train_per_class`` unset; too few images.
+    """
+    check_range("val_per_class", per_class, lo=1, integer=True)
+    if config.train_per_class is None:
+        raise ValueError(
+            f"invalid parameter val_per_class={per_class}: allowed only with train_per_class set "
+            "(the whole training split is in use, so no image is left to validate on; "
+            "set train_per_class below the class size to hold images out)"
+        )
+    xtr, ytr, _ = load_split_uint8(config.dataset, "train", config.data_root)
+    _, val = class_balanced_split(ytr, config.train_per_class, per_class, seed=config.subset_seed)
+    return normaliser.to(device)(xtr[val]), ytr[val].to(device)
 
 
 def class_balanced_indices(labels: Tensor, per_class: int, *, seed: int = 0) -> Tensor:

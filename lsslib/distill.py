@@ -336,29 +336,62 @@ class Distiller:
         self.iteration += 1
         return row
 
-    def run(self, callback: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    def run(
+        self,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        snapshot_every: int | None = None,
+    ) -> Path:
         """Iterate until ``cfg.iterations``, checkpointing; write the synthetic set.
+
+        Args:
+            callback: called with each iteration's log row.
+            snapshot_every: also save the set after every this many iterations
+                (:meth:`lsslib.results.RunPaths.snapshot`), for choosing the best
+                iteration on a validation split afterwards (issue 12). An output
+                option, not a distillation parameter: it changes no number of the run.
 
         Returns:
             The JSON path of the synthetic-set artifact.
+
+        Raises:
+            ValueError: ``snapshot_every`` < 1.
         """
+        if snapshot_every is not None and (
+            isinstance(snapshot_every, bool)
+            or not isinstance(snapshot_every, int)
+            or snapshot_every < 1
+        ):
+            raise ValueError(
+                f"invalid parameter snapshot_every={snapshot_every!r}: allowed an int >= 1 or None"
+            )
         if not self.paths.checkpoint.with_suffix(".json").is_file():
             self.checkpoint()  # a fault in the first iterations still leaves a good state
         while self.iteration < self.cfg.iterations:
             row = self.step()
             if callback is not None:
                 callback(row)
+            if (
+                snapshot_every
+                and self.iteration % snapshot_every == 0
+                and self.iteration < self.cfg.iterations
+            ):
+                self.save(self.paths.snapshot(self.iteration))  # before the checkpoint
             if self.iteration % self.cfg.checkpoint_every == 0:
                 self.checkpoint()
         self.checkpoint()
         return self.save()
 
-    def save(self) -> Path:
+    def save(self, stem: Path | None = None) -> Path:
         """Write ``synset.safetensors/.json`` (:func:`lsslib.synset.save_synset`): the
         set's tensors, labels, syn_lr, layout, storage, and its images in pixel space
-        with the class names when the run was given the normaliser."""
+        with the class names when the run was given the normaliser.
+
+        Args:
+            stem: where (default: the run's ``synset``; a snapshot's stem otherwise).
+        """
         return save_synset(
-            self.paths.synset,
+            stem or self.paths.synset,
             self.synset,
             self.labels,
             self.syn_lr,

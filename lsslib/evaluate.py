@@ -78,6 +78,8 @@ class EvalResult:
             epochs, on a fixed random subset of the test split
             (:func:`curve_test_images` images) except for the last point (all).
         seconds: wall time.
+        val_accuracies: each network's accuracy on the validation split, when one was
+            given (:func:`lsslib.data.validation_split`), else ``None``.
     """
 
     accuracies: list[float]
@@ -89,6 +91,7 @@ class EvalResult:
     curve_epochs: list[int] = field(default_factory=list)
     curve_mean: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    val_accuracies: list[float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,6 +147,7 @@ def evaluate_images(
     curve_test: int = 1000,
     vectorise: bool | None = None,
     progress: Callable[[int, int], None] | bool | None = True,
+    val: tuple[Tensor, Tensor] | None = None,
 ) -> EvalResult:
     """Train ``cfg.num_eval`` fresh networks on ``(x, y)`` and test them.
 
@@ -165,6 +169,8 @@ def evaluate_images(
             widget in notebooks); ``False``/``None``: silent; a callable
             ``progress(epoch, total)``: called after every epoch instead.
             Start and end are also logged (``lsslib.evaluate``, INFO).
+        val: ``(x [V, C, H, W], y int64 [V])``, a validation split the trained networks
+            are also tested on (:attr:`EvalResult.val_accuracies`).
 
     Returns:
         An :class:`EvalResult`.
@@ -236,6 +242,7 @@ def evaluate_images(
         if bar is not None:
             bar.close()
     accs = accuracy(spec, state.flats, data.x_test, data.y_test)
+    val_accs = accuracy(spec, state.flats, *val).tolist() if val is not None else None
     curve_e.append(cfg.eval_epochs)
     curve_m.append(float(accs.mean()))
     seconds = time.perf_counter() - t0
@@ -250,6 +257,7 @@ def evaluate_images(
         curve_epochs=curve_e,
         curve_mean=curve_m,
         seconds=seconds,
+        val_accuracies=val_accs,
     )
 
 

@@ -116,6 +116,10 @@ class ConvNetSpec:
     def _shapes(self) -> tuple[tuple[int, ...], ...]:
         return tuple(s for _, s in self.shapes())
 
+    def describe(self) -> str:
+        """A short name for tables, e.g. ``ConvNetD3 (width 128, instancenorm, avgpool)``."""
+        return f"ConvNetD{self.depth} (width {self.width}, {self.norm}, {self.pooling})"
+
     def to_dict(self) -> dict:
         return {
             k: getattr(self, k)

@@ -318,3 +318,26 @@ def eval_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]]) -> 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def effects_figure(effects: pd.DataFrame) -> plt.Figure:
+    """A forest plot of paired effects: the mean difference (pp) and its 95 % t interval
+    per effect (:func:`lsslib.study.effects_table`'s ``_mean``, ``_lo``, ``_hi``
+    columns); a dashed line at 0. An interval crossing 0 is drawn grey (within the noise).
+    """
+    n = len(effects)
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * n + 1.2))
+    ys = list(range(n))[::-1]
+    for y, d in zip(ys, effects.to_dict("records"), strict=True):
+        lo, hi, m = d["_lo"], d["_hi"], d["_mean"]
+        holds = d["verdict"] == "holds"
+        colour = "tab:blue" if holds else "0.55"
+        if lo == lo and hi == hi:  # not NaN
+            ax.plot([lo, hi], [y, y], color=colour, lw=2)
+        ax.plot([m], [y], "o", color=colour)
+    ax.axvline(0, color="k", ls="--", lw=0.8)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(list(effects["effect"]), fontsize=8)
+    ax.set_xlabel("difference in meta-test accuracy (pp), 95 % t CI over paired seeds")
+    fig.tight_layout()
+    return fig

@@ -37,6 +37,9 @@ __all__ = [
     "stage_parameters",
     "baseline_parameters",
     "ABLATION_KINDS",
+    "expand_profile",
+    "seed_name",
+    "EVAL_OPTIONS",
 ]
 
 #: Folder of the bundled profiles.
@@ -79,6 +82,12 @@ _PROFILE_KEYS = {
     "main",
     "compare",
     "ablations",
+    "seeds",
+    "seeded",
+    "best_iteration",
+    "evals",
+    "crossarch",
+    "study",
 }
 
 
@@ -128,6 +137,7 @@ def load_profile(profile: str | Path) -> dict[str, Any]:
         check_choice("ablations kind", kind, ABLATION_KINDS)
         for run in members:
             check_choice(f"ablations.{kind} entry", run, tuple(runs))
+    expand_profile(prof)  # seeds, evaluations, cross-architecture and study entries
     return prof
 
 
@@ -139,7 +149,9 @@ def baseline_parameters(profile: Mapping[str, Any], name: str) -> tuple[str, int
     """The evaluate-stage parameters of one entry of a profile's ``baselines``.
 
     An entry holds ``kind`` (``random_real`` or ``full``), ``real_ipc`` (images per
-    class of the random real subset) and optional eval overrides.
+    class of the random real subset), optionally ``real_seed`` (the seed of the random
+    real draw; the seeded copies of :func:`expand_profile` set it) and optional eval
+    overrides.
 
     Returns:
         ``(kind, real_ipc, flat)``: ``real_ipc`` is 0 for ``full``; ``flat`` holds the
@@ -153,6 +165,8 @@ def baseline_parameters(profile: Mapping[str, Any], name: str) -> tuple[str, int
     if name not in baselines:
         _fail("baseline", name, "one of " + ", ".join(baselines))
     spec = dict(baselines[name] or {})
+    real_seed = spec.pop("real_seed", None)
+    check_range(f"baselines.{name}.real_seed", real_seed, lo=0, integer=True, allow_none=True)
     kind = spec.pop("kind", None)
     check_choice(f"baselines.{name}.kind", kind, BASELINE_KINDS)
     real_ipc = spec.pop("real_ipc", None)
@@ -227,3 +241,233 @@ def stage_parameters(
     for cls in STAGE_CONFIGS[stage]:
         cls.from_params(flat)
     return flat
+
+
+#: Keys of an ``evals`` entry besides ``of`` and stage parameters: the evaluation
+#: variants of :func:`lsslib.stages.evaluate_set`.
+EVAL_OPTIONS = ("labels", "arch", "cross_arch", "iteration", "val_per_class")
+
+
+def seed_name(name: str, seed: int, first: int) -> str:
+    """The name of a run, baseline or evaluation for distillation seed ``seed``: the
+    name itself for the profile's first seed, ``NAME-sSEED`` for the others."""
+    return name if seed == first else f"{name}-s{seed}"
+
+
+def _seeds(prof: Mapping[str, Any]) -> list[int]:
+    seeds = prof.get("seeds")
+    if seeds is None:
+        return [0]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        _fail("seeds", seeds, "a non-empty list of distinct ints >= 0, e.g. [0, 1, 2]")
+    return list(seeds)
+
+
+def _eval_entry(
+    prof: Mapping[str, Any], name: str, entry: Mapping[str, Any], runs: Mapping, baselines: Mapping
+) -> dict[str, Any]:
+    """One checked evaluation: what it evaluates, its flat parameters and its variant."""
+    entry = dict(entry or {})
+    of = entry.pop("of", None)
+    if of not in runs and of not in baselines:
+        _fail(
+            f"evals.{name}.of",
+            of,
+            "a run or baseline of the profile: " + ", ".join([*runs, *baselines]),
+        )
+    options = {k: entry.pop(k) for k in EVAL_OPTIONS if k in entry}
+    model_keys = set(ModelConfig.names())
+    eval_keys = set(EvalConfig.names())
+    for k, v in entry.items():
+        if k not in model_keys | eval_keys:
+            _fail(
+                f"evals.{name}.{k}",
+                v,
+                "of, " + ", ".join(EVAL_OPTIONS) + ", or a model or eval parameter",
+            )
+    if of in runs:
+        subject, real_ipc, real_seed = "synset", 0, None
+        flat = stage_parameters(prof, "evaluate", of)
+    else:
+        subject, real_ipc, flat = baseline_parameters(prof, of)
+        real_seed = (baselines[of] or {}).get("real_seed")
+    flat = {**flat, **entry}
+    for cls in (DataConfig, ModelConfig, EvalConfig):
+        cls.from_params(flat)
+    labels = options.get("labels", "stored")
+    check_choice(f"evals.{name}.labels", labels, ("stored", "hard", "expert"))
+    if (labels == "expert") != (subject == "random_real" and labels == "expert"):
+        _fail(f"evals.{name}.labels", labels, "'expert' only for a random_real baseline")
+    if labels == "hard" and subject != "synset":
+        _fail(f"evals.{name}.labels", labels, "'hard' only for a distillation run")
+    arch = options.get("arch", "convnet")
+    cross = bool(options.get("cross_arch", arch != "convnet" or bool(set(entry) & model_keys)))
+    iteration = options.get("iteration")
+    check_range(f"evals.{name}.iteration", iteration, lo=1, integer=True, allow_none=True)
+    if iteration is not None and subject != "synset":
+        _fail(f"evals.{name}.iteration", iteration, "only for a distillation run")
+    val = options.get("val_per_class")
+    check_range(f"evals.{name}.val_per_class", val, lo=1, integer=True, allow_none=True)
+    return {
+        "of": of,
+        "subject": subject,
+        "real_ipc": real_ipc,
+        "params": flat,
+        "labels": labels,
+        "arch": arch,
+        "cross_arch": cross,
+        "iteration": iteration,
+        "val_per_class": val,
+        "real_seed": real_seed,
+    }
+
+
+def expand_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """The profile with its study entries spelled out, as the workflow runs it.
+
+    - ``seeds: [S0, S1, ...]`` (with ``seeded: [names]``, only those runs and random
+      real baselines; default all): every run ``R`` is distilled once per seed: ``R`` itself
+      with ``distill_seed: S0``, ``R-sS`` with ``distill_seed: S`` (the seed changes the
+      expert draws, the initial real images and DSA); every ``random_real`` baseline
+      likewise with ``real_seed``. The evaluation seeds stay the same across
+      distillation seeds, so that cells compared at one seed share their eval nets.
+    - ``best_iteration: {every: N, val_per_class: V}``: every run saves its set every
+      ``N`` iterations; each snapshot gets an evaluation ``R-itK`` and every evaluation
+      of a run also tests on ``V`` validation images per class
+      (:func:`lsslib.data.validation_split`).
+    - ``evals: {NAME: {of: RUN_OR_BASELINE, labels, arch, model/eval overrides}}``:
+      further evaluations (hard labels of a soft set, expert soft labels on random
+      real, other networks); seeded with their subject.
+    - ``crossarch: {sets: [...], nets: {NAME: {arch or model overrides}}, seeds: first|all,
+      ...eval overrides}``: one evaluation ``xa-SET-NET`` per set and network.
+
+    Returns:
+        A new dict: the profile with ``runs``, ``baselines`` extended, ``evals`` as
+        ``{name: checked entry}`` (see :func:`_eval_entry`), ``seed_of``: ``{name:
+        (base name, seed)}`` for every run, baseline and evaluation, ``snapshot_every``
+        and ``val_per_class`` (``None`` without ``best_iteration``).
+
+    Raises:
+        ValueError: a malformed ``seeds``, ``best_iteration``, ``evals``, ``crossarch``
+            or ``study`` entry, naming it.
+    """
+    prof = {k: v for k, v in profile.items()}
+    seeds = _seeds(prof)
+    first = seeds[0]
+    base_runs = dict(prof.get("runs") or {})
+    base_baselines = dict(prof.get("baselines") or {})
+    seeded = prof.get("seeded")
+    if seeded is None:
+        seeded = [*base_runs, *base_baselines]
+    elif not isinstance(seeded, list):
+        _fail("seeded", seeded, "a list of runs and baselines of the profile")
+    for n in seeded:
+        check_choice("seeded entry", n, (*base_runs, *base_baselines))
+    runs: dict[str, Any] = {}
+    baselines: dict[str, Any] = {}
+    seed_of: dict[str, tuple[str, int]] = {}
+    for seed in seeds:
+        for r, spec in base_runs.items():
+            if seed != first and r not in seeded:
+                continue
+            name = seed_name(r, seed, first)
+            runs[name] = {**(spec or {}), **({"distill_seed": seed} if "seeds" in prof else {})}
+            seed_of[name] = (r, seed)
+        for b, spec in base_baselines.items():
+            spec = dict(spec or {})
+            if spec.get("kind") == "random_real" and (seed == first or b in seeded):
+                name = seed_name(b, seed, first)
+                baselines[name] = {**spec, **({"real_seed": seed} if "seeds" in prof else {})}
+                seed_of[name] = (b, seed)
+            elif seed == first:
+                baselines[b] = spec
+                seed_of[b] = (b, seed)
+    prof["runs"], prof["baselines"] = runs, baselines
+
+    best = prof.get("best_iteration")
+    every = val = None
+    if best is not None:
+        if not isinstance(best, Mapping) or set(best) - {"every", "val_per_class"}:
+            _fail("best_iteration", best, "a mapping {every: N, val_per_class: V}")
+        every, val = best.get("every"), best.get("val_per_class")
+        check_range("best_iteration.every", every, lo=1, integer=True)
+        check_range("best_iteration.val_per_class", val, lo=1, integer=True)
+        if DataConfig.from_params(stage_parameters(prof, "buffers")).train_per_class is None:
+            _fail(
+                "best_iteration.val_per_class",
+                val,
+                "only with data.train_per_class set (the validation images are training "
+                "images that no stage trains on)",
+            )
+
+    raw_evals = dict(prof.get("evals") or {})
+    xa = prof.get("crossarch")
+    if xa is not None:
+        if not isinstance(xa, Mapping) or not {"sets", "nets"} <= set(xa):
+            _fail("crossarch", xa, "a mapping with sets: [...] and nets: {NAME: {...}}")
+        xa = dict(xa)
+        sets, nets = xa.pop("sets"), xa.pop("nets")
+        which = xa.pop("seeds", "first")
+        check_choice("crossarch.seeds", which, ("first", "all"))
+        for s_ in sets:
+            for net, over in (nets or {}).items():
+                raw_evals[f"xa-{s_}-{net}"] = {
+                    "of": s_,
+                    **xa,
+                    **(over or {}),
+                    "cross_arch": True,
+                    "_seeds": which,
+                }
+    evals: dict[str, Any] = {}
+    for name, entry in raw_evals.items():
+        entry = dict(entry or {})
+        which = entry.pop("_seeds", "all")
+        of = entry.get("of")
+        for seed in seeds if which == "all" else [first]:
+            sub = seed_name(of, seed, first) if isinstance(of, str) else of
+            if sub not in runs and sub not in baselines:
+                if seed != first:
+                    continue  # a subject without seeded copies: evaluated once
+                sub = of
+            ename = seed_name(name, seed, first)
+            checked = _eval_entry(prof, ename, {**entry, "of": sub}, runs, baselines)
+            if checked["subject"] == "synset" and val is not None:
+                checked["val_per_class"] = checked["val_per_class"] or val
+            evals[ename] = checked
+            seed_of[ename] = (name, seed)
+    if every is not None:
+        for r in runs:
+            iters = DistillConfig.from_params(stage_parameters(prof, "distill", r)).iterations
+            for k in range(every, iters, every):
+                ename = f"{r}-it{k}"
+                evals[ename] = _eval_entry(
+                    prof, ename, {"of": r, "iteration": k, "val_per_class": val}, runs, baselines
+                )
+                base, seed = seed_of[r]
+                seed_of[ename] = (f"{base}-it{k}", seed)
+    prof["evals"] = evals
+    prof["seed_of"] = seed_of
+    prof["snapshot_every"] = every
+    prof["val_per_class"] = val
+    study = prof.get("study")
+    if study is not None:
+        if not isinstance(study, Mapping):
+            _fail("study", study, "a mapping (see lsslib.study)")
+        for role, run in (study.get("factorial") or {}).items():
+            check_choice(
+                "study.factorial role",
+                role,
+                ("pixels_hard", "pixels_soft", "lowrank_hard", "lowrank_soft"),
+            )
+            check_choice(f"study.factorial.{role}", run, tuple(base_runs))
+        for key in ("published", "strict"):
+            if study.get(key) is not None:
+                check_choice(f"study.{key}", study[key], tuple(base_runs))
+        if study.get("real") is not None:
+            check_choice("study.real", study["real"], tuple(base_baselines))
+    return prof

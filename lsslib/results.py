@@ -7,9 +7,13 @@ Snakefile, the notebooks, the reports and the summary ask it for paths::
       buffers/                     expert trajectories (buffer.json + expert_NNN.*)
       runs/RUN/                    one distillation run (:class:`RunPaths`)
         synset.json/.safetensors   the synthetic set        checkpoint.*  the resume point
+        snapshots/synset_itN.*     the set after N iterations (for the best iteration)
         log.csv                    one row per iteration    *.png         its figures
         eval/metrics.json          its evaluation record (:class:`EvalRecord`)
       baselines/NAME/metrics.json  random real / full-set baselines (:class:`EvalPaths`)
+      evals/NAME/metrics.json      further evaluations of a run or baseline: hard labels,
+                                   other architectures, snapshots (:meth:`Results.evaluation`)
+      study/                       the study's tables and figures (:mod:`lsslib.study`)
       ablation_KIND/table.csv      an ablation's table and figures (:class:`AblationPaths`)
         runs/NAME/                 runs the ablation's sweep made itself
       notebooks/ logs/ benchmarks/ executed notebooks, job logs, Snakemake benchmark TSVs
@@ -99,6 +103,11 @@ class RunPaths:
     def log_csv(self) -> Path:
         return self.folder / "log.csv"
 
+    def snapshot(self, iteration: int) -> Path:
+        """Stem of the set as it was after ``iteration`` iterations
+        (``snapshots/synset_itNNNNN``; written when the run is given ``snapshot_every``)."""
+        return self.folder / "snapshots" / f"synset_it{iteration:05d}"
+
     def figure(self, name: str) -> Path:
         """``NAME.png`` of the run (``curves``, ``grid``, ``components``)."""
         return self.folder / f"{name}.png"
@@ -163,6 +172,15 @@ class Results:
 
     def baseline(self, name: str) -> EvalPaths:
         return EvalPaths(self.root / "baselines" / name)
+
+    def evaluation(self, name: str) -> EvalPaths:
+        """A further evaluation of a profile (its ``evals`` entry ``name``)."""
+        return EvalPaths(self.root / "evals" / name)
+
+    @property
+    def study(self) -> Path:
+        """The study stage's folder (tables, figures)."""
+        return self.root / "study"
 
     def ablation(self, kind: str) -> AblationPaths:
         return AblationPaths(self.root / f"ablation_{kind}")

@@ -14,6 +14,7 @@ nothing is recomputed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import data, evaluate, experts, plots, profiles, report, summary
+from . import archs, data, evaluate, experts, plots, profiles, report, summary
 from .artifacts import atomic_write_text
 from .config import (
     STAGE_CONFIGS,
@@ -50,7 +51,7 @@ from .results import (
     read_log,
     run_facts,
 )
-from .synset import LoadedSynSet, load_synset
+from .synset import LoadedSynSet, init_soft_labels, load_synset
 
 __all__ = [
     "stage_parameters",
@@ -240,14 +241,21 @@ def distill(
     *,
     profile: str | None = "cpu",
     real: data.RealData | None = None,
+    snapshot_every: int | None = None,
 ) -> DistillOutput:
     """Stage 2: one distillation run (resumed if a checkpoint exists) and its figures.
 
     Validates every parameter and solves the budget layout (once) before loading data;
     trains the buffer first if ``buffer_dir`` holds none. Writes ``synset.*``,
     ``log.csv``, ``curves.png``, ``grid.png`` and, for parameterisations with
-    components, ``components.png`` into ``out_dir``.
+    components, ``components.png`` into ``out_dir``; with ``snapshot_every``, also the
+    set after every that many iterations (``snapshots/``, for the best iteration).
+
+    Raises:
+        ValueError: an invalid parameter, ``snapshot_every`` < 1.
     """
+    if snapshot_every is not None:
+        check_range("snapshot_every", snapshot_every, lo=1, integer=True)
     data_cfg, model_cfg, cfg = (cls.from_params(params) for cls in STAGE_CONFIGS["distill"])
     shape = data_cfg.shape()
     if real is None and shape is not None:  # fail fast, before loading the data
@@ -282,7 +290,7 @@ def distill(
         bar.set_postfix(loss=f"{row['loss']:.4f}", syn_lr=f"{row['syn_lr']:.4g}")
 
     t0 = time.perf_counter()
-    run.run(callback=show)
+    run.run(callback=show, snapshot_every=snapshot_every)
     bar.close()
     print(
         f"{time.perf_counter() - t0:.1f} s, syn_lr {run.syn_lr.item():.4g}, clamped {run.clamped}"
@@ -323,24 +331,92 @@ def evaluate_set(
     buffer_dir: str | Path | None = None,
     profile: str | None = "cpu",
     real: data.RealData | None = None,
+    labels: str = "stored",
+    arch: str = "convnet",
+    cross_arch: bool = False,
+    iteration: int | None = None,
+    val_per_class: int | None = None,
+    real_seed: int | None = None,
 ) -> EvalRecord:
     """Stage 3: meta-test accuracy of a synthetic set or of a baseline (PAPER.md 2.8).
 
+    Beyond MTT's protocol, the study of issue 12 evaluates variants, each recorded in
+    the record's ``extra["variant"]``: the labels a set is trained with, another
+    architecture, an earlier iteration's snapshot, and the accuracy on a validation
+    split that no stage trains on.
+
     Args:
-        params: flat evaluate-stage parameters.
+        params: flat evaluate-stage parameters (data, model, eval). With
+            ``cross_arch``, the model parameters describe the evaluated ConvNet, which
+            may differ from the one the set was distilled with.
         subject: ``synset`` (the set in ``synset_dir``), ``random_real`` (``real_ipc``
             random real images per class) or ``full`` (the whole training (sub)set).
         out_dir: writes the evaluation record (:class:`~lsslib.results.EvalRecord`),
             ``accuracy.csv/.md`` and ``eval_curve.png``.
-        buffer_dir: for a missing synthetic set, the buffer its distillation uses.
+        buffer_dir: the expert buffer: for a missing synthetic set, the one its
+            distillation uses; for ``labels="expert"``, the experts that label.
+        labels: ``stored`` (the set's own: soft or hard), ``hard`` (a synthetic set's
+            soft labels replaced by their argmax: what the images carry without the
+            labels; no label floats stored) or ``expert`` (random real only: soft labels
+            given by the experts with DATM's rule,
+            :func:`lsslib.synset.init_soft_labels`, counted in the storage).
+        arch: ``convnet`` (the model parameters' ConvNet) or a network of
+            :data:`lsslib.archs.ARCHS` (ResNet-18 BN, VGG-11 BN, AlexNet).
+        cross_arch: allow an evaluation network other than the distillation's.
+        iteration: a synthetic set's snapshot after this many iterations
+            (``snapshots/`` of the run) instead of its final set.
+        val_per_class: also test the trained networks on this many validation images
+            per class (:func:`lsslib.data.validation_split`).
+        real_seed: random real only: seed of the image draw (``None`` = ``eval_seed``);
+            the study's distillation seeds use it.
 
     Raises:
-        ValueError: bad ``subject`` or ``real_ipc``; a set distilled for another
-            network or dataset.
+        ValueError: any bad argument, before any work: ``subject``, ``real_ipc``,
+            ``labels`` (``expert`` only for random real, ``hard`` only for a synthetic
+            set), ``arch``, ``iteration`` (only for a synthetic set), ``val_per_class``,
+            ``real_seed``; a set distilled for another network (without ``cross_arch``)
+            or dataset.
     """
     check_choice("baseline", subject, EVAL_SUBJECTS)
     check_range("real_ipc", real_ipc, lo=1, integer=True)
+    check_choice("labels", labels, LABEL_MODES)
+    if labels == "expert" and subject != "random_real":
+        raise ValueError(
+            f"invalid parameter labels='expert' with baseline={subject!r}: allowed only with "
+            "baseline='random_real' (a synthetic set has labels of its own)"
+        )
+    if labels == "hard" and subject != "synset":
+        raise ValueError(
+            f"invalid parameter labels='hard' with baseline={subject!r}: allowed only with "
+            "baseline='synset' (real baselines have hard labels already)"
+        )
+    check_choice("arch", arch, ("convnet", *archs.ARCHS))
+    if not isinstance(cross_arch, bool):
+        raise ValueError(f"invalid parameter cross_arch={cross_arch!r}: allowed True or False")
+    if arch != "convnet" and not cross_arch:
+        raise ValueError(
+            f"invalid parameter arch={arch!r} with cross_arch=False: allowed only with "
+            "cross_arch=True (a set is distilled with a ConvNet)"
+        )
+    check_range("iteration", iteration, lo=1, integer=True, allow_none=True)
+    if iteration is not None and subject != "synset":
+        raise ValueError(
+            f"invalid parameter iteration={iteration} with baseline={subject!r}: allowed only "
+            "with baseline='synset'"
+        )
+    check_range("val_per_class", val_per_class, lo=1, integer=True, allow_none=True)
+    check_range("real_seed", real_seed, lo=0, integer=True, allow_none=True)
     data_cfg, model_cfg, eval_cfg = (cls.from_params(params) for cls in STAGE_CONFIGS["evaluate"])
+    if val_per_class is not None and data_cfg.train_per_class is None:
+        data.validation_split(data_cfg, val_per_class, None)  # raises the explanation
+    variant = {
+        "labels": labels,
+        "arch": arch,
+        "cross_arch": cross_arch,
+        "iteration": iteration,
+        "val_per_class": val_per_class,
+        "real_seed": real_seed,
+    }
     with evaluate.claim_out_dir(out_dir):  # one writer, disk checked, before any work
         return _evaluate_set(
             data_cfg,
@@ -354,7 +430,12 @@ def evaluate_set(
             buffer_dir=buffer_dir,
             profile=profile,
             real=real,
+            variant=variant,
         )
+
+
+#: What a set is trained with in an evaluation (:func:`evaluate_set`'s ``labels``).
+LABEL_MODES = ("stored", "hard", "expert")
 
 
 def _evaluate_set(
@@ -370,13 +451,22 @@ def _evaluate_set(
     buffer_dir: str | Path | None,
     profile: str | None,
     real: data.RealData | None,
+    variant: dict[str, Any],
 ) -> EvalRecord:
     real = real if real is not None else data.load_data(data_cfg, device)
     spec = evaluate.spec_for(model_cfg, real)
     source = ""
+    extra: dict[str, Any] = {"variant": variant}
     if subject == "synset":
         run_paths = RunPaths(Path(synset_dir or ""))
-        if not run_paths.synset_json.is_file():
+        if variant["iteration"] is not None:
+            stem = run_paths.snapshot(variant["iteration"])
+            if not stem.with_suffix(".json").is_file():
+                raise FileNotFoundError(
+                    f"{stem}.json is missing: distil {run_paths.folder} with "
+                    f"snapshot_every dividing {variant['iteration']} first"
+                )
+        elif not run_paths.synset_json.is_file():
             print(f"no synthetic set in {synset_dir}: distilling it here ({profile!r} run)")
             dparams = stage_parameters(
                 "distill", {**data_cfg.to_dict(), **model_cfg.to_dict()}, profile
@@ -389,32 +479,105 @@ def _evaluate_set(
                 profile=profile,
                 real=real,
             )
-        loaded = load_synset(run_paths.synset, device)
-        evaluate.check_set_matches(
-            loaded.meta, spec, data_cfg, where=f"synset_dir={str(synset_dir)!r}"
+        stem = (
+            run_paths.snapshot(variant["iteration"]) if variant["iteration"] else run_paths.synset
         )
+        loaded = load_synset(stem, device)
+        if variant["cross_arch"]:
+            evaluate.check_set_matches(
+                loaded.meta,
+                evaluate.ConvNetSpec(**loaded.meta["identity"]["spec"]),
+                data_cfg,
+                where=f"synset_dir={str(synset_dir)!r}",
+            )
+        else:
+            evaluate.check_set_matches(
+                loaded.meta, spec, data_cfg, where=f"synset_dir={str(synset_dir)!r}"
+            )
         x, y = loaded.export()
         lr = evaluate.eval_lr(eval_cfg, loaded.syn_lr)
-        storage = loaded.meta["storage"]
+        storage = dict(loaded.meta["storage"])
         label = f"{loaded.kind} ({synset_dir})"
+        extra["iteration"] = int(loaded.meta["iterations"])
+        if variant["labels"] == "hard" and y.ndim == 2:
+            y = y.argmax(1)  # what the images carry: the soft labels' argmax, nothing stored
+            storage = _without_labels(storage)
+            label += ", hard labels (argmax)"
         source = str(synset_dir)
     elif subject == "random_real":
-        x, y = evaluate.random_real_subset(real, real_ipc, seed=eval_cfg.eval_seed)
+        seed = eval_cfg.eval_seed if variant["real_seed"] is None else variant["real_seed"]
+        x, y = evaluate.random_real_subset(real, real_ipc, seed=seed)
         lr = evaluate.eval_lr(eval_cfg)
-        storage = real_storage(len(x), real.num_classes, real.channels, real.side).to_dict()
+        st = real_storage(len(x), real.num_classes, real.channels, real.side)
         label = f"random real, {real_ipc} per class"
+        if variant["labels"] == "expert":
+            buffer = experts.ExpertBuffer(buffer_dir or Results.of(profile or "cpu").buffers)
+            logits = init_soft_labels(buffer.spec, buffer.final_params(device), x, y)
+            y = torch.softmax(logits, dim=-1)
+            st = dataclasses.replace(st, label_floats=int(y.numel()))
+            label += ", expert soft labels"
+        storage = st.to_dict()
     else:
         x, y = real.x_train, real.y_train
         lr = evaluate.eval_lr(eval_cfg)
         storage = real_storage(len(x), real.num_classes, real.channels, real.side).to_dict()
         label = f"full training set ({x.shape[0]} images)"
+    val = None
+    if variant["val_per_class"] is not None:
+        val = data.validation_split(data_cfg, variant["val_per_class"], real.normaliser, device)
+    net = spec.describe() if variant["arch"] == "convnet" else variant["arch"]
+    if variant["arch"] != "convnet" or variant["cross_arch"]:
+        label += f", on {net}"
     print(
-        f"{label}: {x.shape[0]} training images, lr {lr:.4g}, {eval_cfg.num_eval} nets x {eval_cfg.eval_epochs} epochs"
+        f"{label}: {x.shape[0]} training images, lr {lr:.4g}, {eval_cfg.num_eval} nets x "
+        f"{eval_cfg.eval_epochs} epochs"
+        + (f", validation on {len(val[1])} held-out training images" if val else "")
     )
-    bar = _bar(eval_cfg.eval_epochs, "eval epochs", "epoch")
-    result = evaluate.evaluate_images(
-        spec, x, y, real, eval_cfg, lr=lr, progress=lambda done, _t: bar.update(done - bar.n)
-    )
+    if variant["arch"] == "convnet":
+        bar = _bar(eval_cfg.eval_epochs, "eval epochs", "epoch")
+        result = evaluate.evaluate_images(
+            spec,
+            x,
+            y,
+            real,
+            eval_cfg,
+            lr=lr,
+            progress=lambda done, _t: bar.update(done - bar.n),
+            val=val,
+        )
+    else:
+        bar = _bar(eval_cfg.eval_epochs * eval_cfg.num_eval, "eval epochs (all nets)", "epoch")
+        mres = archs.evaluate_modules(
+            variant["arch"],
+            x,
+            y,
+            real.x_test,
+            real.y_test,
+            num_classes=real.num_classes,
+            num_eval=eval_cfg.num_eval,
+            epochs=eval_cfg.eval_epochs,
+            lr=lr,
+            momentum=eval_cfg.mom_eval,
+            weight_decay=eval_cfg.l2_eval,
+            batch_size=eval_cfg.batch_eval,
+            dsa_strategy=eval_cfg.dsa_strategy if eval_cfg.dsa else None,
+            seed=eval_cfg.eval_seed,
+            val=val,
+            progress=lambda done, _t: bar.update(done - bar.n),
+        )
+        result = evaluate.EvalResult(
+            accuracies=list(mres.accuracies),
+            mean=mres.mean,
+            std=mres.std,
+            lr=float(lr),
+            epochs=eval_cfg.eval_epochs,
+            num_images=int(x.shape[0]),
+            curve_epochs=[eval_cfg.eval_epochs],
+            curve_mean=[mres.mean],
+            seconds=mres.seconds,
+            val_accuracies=None if mres.val_accuracies is None else list(mres.val_accuracies),
+        )
+        extra["parameters"] = mres.num_params
     bar.close()
     record = EvalRecord(
         baseline=subject,
@@ -428,6 +591,7 @@ def _evaluate_set(
         },
         hardware=report.describe_device(device),
         source=source,
+        extra=extra,
     )
     out = EvalPaths(Path(out_dir))
     report.save_figure(
@@ -445,6 +609,16 @@ def _evaluate_set(
     report.write_table(table, out.table)
     record.write(out.metrics)
     return record
+
+
+def _without_labels(storage: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored set's storage record with its soft labels dropped (hard-label evaluation)."""
+    d = dict(storage)
+    d["label_floats"] = 0
+    d["used_floats"] = d["image_floats"]
+    d["total_bytes"] = 4 * (d["image_floats"] + d["lr_floats"])
+    d["fits"] = d["used_floats"] <= d["budget_floats"]
+    return d
 
 
 #: The distillation parameter each ablation sweeps.

@@ -67,14 +67,11 @@ def main_table(
         compare: further runs listed after the main two (e.g. other parameterisations).
     """
     rows = []
-    for role, run in [("lss", main["lss"]), ("mtt", main["mtt"])] + [("", r) for r in compare]:
+    for run in [main["lss"], main["mtt"], *compare]:
         r = run_facts(results.run(run), run)
         labels = f"{'soft' if r['soft_labels'] else 'hard'} labels"
-        extra = (
-            f" (r={r['rank']}, {r['schedule']}, {labels})"
-            if role == "lss" and r["rank"] is not None
-            else f" ({labels})"
-        )
+        rank = f"r={r['rank']}, " if r["rank"] is not None else ""
+        extra = f" ({rank}{r['schedule']} schedule, {labels})"
         rows.append(
             {
                 "method": r["title"] + extra,

@@ -94,6 +94,7 @@ max_batch_syn: Optional[int] = None
 
 buffer_dir: Optional[str] = None  # None: results/<profile>/buffers
 out_dir: Optional[str] = None  # None: the run folder of lsslib.results
+snapshot_every: Optional[int] = None  # also save the set every N iterations (best iteration)
 device: str = "cpu"
 
 # %%
@@ -107,7 +108,9 @@ buffer_dir = buffer_dir or str(res.buffers)
 out_dir = out_dir or str(res.run(run or "lss").folder)
 dev = report.pick_device(device, tf32=False)  # the unrolled loop stays in fp32 (PAPER.md 2.6)
 print(report.describe_device(dev))
-out = stages.distill(params, buffer_dir, out_dir, dev, profile=profile)
+out = stages.distill(
+    params, buffer_dir, out_dir, dev, profile=profile, snapshot_every=snapshot_every
+)
 
 # %% [markdown]
 # ## Loss, syn_lr and start epochs; the synthetic images

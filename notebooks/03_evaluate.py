@@ -20,7 +20,10 @@
 # (`baseline="random_real"`), or on the whole training (sub)set
 # (`baseline="full"`), and reports mean ± std over the evaluation networks of their
 # test accuracy (MTT's protocol, PAPER.md 2.8). A missing synthetic set is distilled
-# first.
+# first. The study's variants: `labels="hard"` trains on a soft set's argmax labels,
+# `labels="expert"` gives random real images the experts' soft labels, `arch` and
+# `cross_arch` evaluate on another network, `iteration` evaluates an earlier
+# snapshot, `val_per_class` also tests on held-out training images.
 #
 # Every parameter left at `None` takes the value of run `run` of the profile
 # `profile`; set any of them to change it.
@@ -72,6 +75,12 @@ dsa_strategy: Optional[str] = None
 
 baseline: str = "synset"
 real_ipc: int = 1
+real_seed: Optional[int] = None  # random real: seed of the draw (None: eval_seed)
+labels: str = "stored"  # stored | hard (a soft set's argmax) | expert (random real, DATM's rule)
+arch: str = "convnet"  # convnet | resnet18_bn | vgg11_bn | alexnet (lsslib.archs)
+cross_arch: bool = False  # allow another network than the set was distilled with
+iteration: Optional[int] = None  # evaluate the set's snapshot after this many iterations
+val_per_class: Optional[int] = None  # also test on held-out training images (validation)
 synset_dir: Optional[str] = None  # None: the run folder of lsslib.results
 buffer_dir: Optional[str] = None  # None: results/<profile>/buffers
 out_dir: Optional[str] = None  # None: <synset_dir>/eval
@@ -97,6 +106,12 @@ record = stages.evaluate_set(
     real_ipc=real_ipc,
     buffer_dir=buffer_dir,
     profile=profile,
+    labels=labels,
+    arch=arch,
+    cross_arch=cross_arch,
+    iteration=iteration,
+    val_per_class=val_per_class,
+    real_seed=real_seed,
 )
 print(
     f"meta-test accuracy {report.fmt_acc(record.mean, record.std)} % over {len(record.result['accuracies'])} eval nets"

@@ -30,11 +30,12 @@ STUB_OUTPUTS = {
     "04_ablation_rank": "Path(out_dir, 'table.csv')",
     "05_ablation_schedule": "Path(out_dir, 'table.csv')",
     "06_summary": "Path(book_dir, 'run_info.md')",
+    "07_study": "Path(out_dir, 'effects.csv')",
 }
 
 
 def write_stub_notebooks(folder: Path) -> Path:
-    """Six papermill-ready notebooks that create their rule's output and nothing else."""
+    """Papermill-ready stub notebooks that create their rule's output and nothing else."""
     folder.mkdir(parents=True, exist_ok=True)
     for stem, target in STUB_OUTPUTS.items():
         nb = nbformat.v4.new_notebook()
@@ -107,17 +108,31 @@ def stubs(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", PROFILE_NAMES)
 def test_dry_run_plans_every_stage(name, stubs, tmp_path):
+    from lsslib.profiles import expand_profile, load_profile
+
     profile = yaml.safe_load((PROFILES / f"{name}.yaml").read_text())
     proc = snakemake(tmp_path, PROFILES / f"{name}.yaml", "-n", config={"notebook_dir": stubs})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     counts = job_counts(proc.stdout)
-    n_runs, n_base = len(profile["runs"]), len(profile.get("baselines") or {})
+    # seeded copies of runs and random-real baselines are ordinary jobs
+    seeds = len(profile.get("seeds") or [0])
+    seeded = profile.get("seeded") or [*profile["runs"], *(profile.get("baselines") or {})]
+    n_runs = sum(seeds if r in seeded else 1 for r in profile["runs"])
+    n_base = sum(
+        seeds if b in seeded and spec.get("kind") == "random_real" else 1
+        for b, spec in (profile.get("baselines") or {}).items()
+    )
     expected = {"buffers": 1, "distill": n_runs, "evaluate": n_runs, "summary": 1, "all": 1}
     expected["speed_tables"] = 1  # the benchmark records, tabulated for the book
     if n_base:
         expected["baseline"] = n_base
     for kind in profile.get("ablations") or {}:
         expected[f"ablation_{kind}"] = 1
+    n_evals = len(expand_profile(load_profile(PROFILES / f"{name}.yaml"))["evals"])
+    if n_evals:
+        expected["extra_eval"] = n_evals
+    if profile.get("study"):
+        expected["study"] = 1
     assert counts == expected
     # Results land under results/<profile name>/, the book's inputs under book/_generated.
     assert f"results/{profile['name']}/runs/" in proc.stdout

@@ -1,0 +1,310 @@
+"""Issue 12's machinery: the validation split, label-robust evaluation, snapshots,
+profile expansion with seeds and further evaluations, the study's tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lsslib import data as data_mod
+from lsslib import evaluate, profiles, stages
+from lsslib.config import DistillConfig, EvalConfig, ModelConfig
+from lsslib.data import class_balanced_indices, class_balanced_split, load_data, validation_split
+from lsslib.distill import Distiller
+from lsslib.results import EvalRecord, RunPaths
+from lsslib.synset import load_synset
+
+TINY = {"net_depth": 2, "net_width": 4}
+
+
+# ----------------------------------------------------------------- validation split
+def test_class_balanced_split_extends_the_training_draw_and_is_disjoint():
+    labels = torch.arange(5).repeat_interleave(30)[torch.randperm(150)]
+    first, second = class_balanced_split(labels, 12, 7, seed=3)
+    assert torch.equal(first, class_balanced_indices(labels, 12, seed=3))
+    assert len(second) == 5 * 7
+    assert not set(first.tolist()) & set(second.tolist())
+    assert torch.equal(torch.bincount(labels[second]), torch.full((5,), 7))
+    with pytest.raises(ValueError, match="val_per_class=19"):
+        class_balanced_split(labels, 12, 19, seed=3)
+
+
+def _fake_splits(monkeypatch, per_class_train=40, per_class_test=10, classes=4):
+    """Replace the dataset reader: every image carries its own id in its pixels, test ids
+    are negative, so any overlap between splits is visible in the tensors."""
+
+    def split(n_per_class, sign):
+        y = torch.arange(classes).repeat_interleave(n_per_class)
+        ids = torch.arange(len(y)) + 1
+        x = torch.zeros(len(y), 3, 4, 4, dtype=torch.uint8)
+        x[:, 0, 0, 0] = (ids % 256).to(torch.uint8)
+        x[:, 0, 0, 1] = (ids // 256).to(torch.uint8)
+        x[:, 1, 0, 0] = 1 if sign > 0 else 2  # which split
+        return x, y, [f"c{i}" for i in range(classes)]
+
+    splits = {"train": split(per_class_train, 1), "test": split(per_class_test, -1)}
+    monkeypatch.setattr(data_mod, "load_split_uint8", lambda ds, s, root=None: splits[s])
+
+
+def _ids(x: torch.Tensor) -> set[tuple[int, int]]:
+    px = (x * 255).round().long()
+    return {
+        (int(a), int(b) + 256 * int(c))
+        for a, b, c in zip(px[:, 1, 0, 0], px[:, 0, 0, 0], px[:, 0, 0, 1], strict=True)
+    }
+
+
+def test_validation_split_shares_no_image_with_test_or_any_training_use(monkeypatch):
+    """Experts, distillation (its real initial images) and the evaluation baselines all
+    draw from ``RealData.x_train``; the validation images are none of them, nor test."""
+    from lsslib.config import DataConfig
+
+    _fake_splits(monkeypatch)
+    cfg = DataConfig(dataset="cifar10", train_per_class=25, normalisation="none")
+    real = load_data(cfg, progress=False)
+    xv, yv = validation_split(cfg, 10, real.normaliser)
+    train_ids, test_ids, val_ids = _ids(real.x_train), _ids(real.x_test), _ids(xv)
+    assert len(val_ids) == 40 and len(train_ids) == 100
+    assert not val_ids & train_ids
+    assert not val_ids & test_ids
+    assert torch.equal(torch.bincount(yv), torch.full((4,), 10))
+    rr, _ = evaluate.random_real_subset(real, 3, seed=5)  # a baseline's training images
+    assert not _ids(rr) & val_ids
+    # holding images out leaves the training subset as it was
+    again = load_data(cfg, progress=False)
+    assert torch.equal(again.x_train, real.x_train)
+    with pytest.raises(ValueError, match="val_per_class=16"):
+        validation_split(cfg, 16, real.normaliser)  # 25 + 16 > 40 per class
+    with pytest.raises(ValueError, match="train_per_class set"):
+        validation_split(DataConfig(dataset="cifar10", normalisation="none"), 5, real.normaliser)
+
+
+# ------------------------------------------------------------ label-robust evaluation
+@pytest.fixture(scope="module")
+def soft_run(tmp_path_factory, lss_tiny_data, lss_tiny_buffer):
+    """A tiny soft-label low-rank run of 4 iterations with a snapshot after 2."""
+    out = tmp_path_factory.mktemp("soft_run")
+    cfg = DistillConfig(
+        ipc=1, rank=2, syn_steps=2, expert_epochs=2, max_start_epoch=2, iterations=4,
+        lr_lr=1e-5, lr_y=50.0, checkpoint_every=2,
+    )  # fmt: skip
+    run = Distiller(
+        cfg, lss_tiny_data.config, lss_tiny_buffer, lss_tiny_data.x_train, lss_tiny_data.y_train,
+        out, model_cfg=ModelConfig(**TINY),
+    )  # fmt: skip
+    run.run(snapshot_every=2)
+    return out
+
+
+def _params(**eval_kw):
+    from lsslib.config import DataConfig
+
+    return {
+        **DataConfig(dataset="cifar10", normalisation="none").to_dict(),
+        **ModelConfig(**TINY).to_dict(),
+        **EvalConfig(num_eval=1, eval_epochs=1, batch_eval=16, **eval_kw).to_dict(),
+    }
+
+
+def _capture(monkeypatch) -> dict:
+    seen: dict = {}
+    real_fn = evaluate.evaluate_images
+
+    def spy(spec, x, y, data, cfg, **kw):
+        seen["x"], seen["y"], seen["spec"], seen["val"] = x, y, spec, kw.get("val")
+        return real_fn(spec, x, y, data, cfg, **kw)
+
+    monkeypatch.setattr(evaluate, "evaluate_images", spy)
+    return seen
+
+
+def test_hard_label_evaluation_of_a_soft_set_trains_on_the_argmax(
+    monkeypatch, tmp_path, soft_run, lss_tiny_data
+):
+    loaded = load_synset(RunPaths(soft_run).synset)
+    x_set, y_soft = loaded.export()
+    assert y_soft.ndim == 2
+    # learned labels: the argmax is not just the class index of every image
+    seen = _capture(monkeypatch)
+    rec = stages.evaluate_set(
+        _params(), "synset", tmp_path / "hard", "cpu", synset_dir=soft_run,
+        real=lss_tiny_data, labels="hard",
+    )  # fmt: skip
+    assert seen["y"].dtype == torch.int64
+    assert torch.equal(seen["y"], y_soft.argmax(1))
+    assert torch.equal(seen["x"], x_set)
+    assert rec.storage["label_floats"] == 0
+    assert rec.storage["total_bytes"] == 4 * (rec.storage["image_floats"] + 1)
+    assert rec.extra["variant"]["labels"] == "hard"
+    stored = stages.evaluate_set(
+        _params(), "synset", tmp_path / "stored", "cpu", synset_dir=soft_run, real=lss_tiny_data
+    )
+    assert seen["y"].ndim == 2 and torch.allclose(seen["y"], y_soft)
+    assert stored.storage["label_floats"] == y_soft.numel()
+
+
+def test_snapshot_is_the_set_after_that_many_iterations(soft_run, tmp_path, lss_tiny_data):
+    snap = load_synset(RunPaths(soft_run).snapshot(2))
+    final = load_synset(RunPaths(soft_run).synset)
+    assert snap.meta["iterations"] == 2 and final.meta["iterations"] == 4
+    assert not torch.equal(snap.export()[0], final.export()[0])
+    log = (Path(soft_run) / "log.csv").read_text().splitlines()
+    assert len(log) == 1 + 4
+    rec = stages.evaluate_set(
+        _params(), "synset", tmp_path / "it2", "cpu", synset_dir=soft_run,
+        real=lss_tiny_data, iteration=2,
+    )  # fmt: skip
+    assert rec.extra["iteration"] == 2
+    with pytest.raises(FileNotFoundError, match="snapshot_every"):
+        stages.evaluate_set(
+            _params(), "synset", tmp_path / "it3", "cpu", synset_dir=soft_run,
+            real=lss_tiny_data, iteration=3,
+        )  # fmt: skip
+
+
+def test_expert_soft_labels_on_random_real_are_counted(
+    monkeypatch, tmp_path, lss_tiny_data, lss_tiny_buffer
+):
+    seen = _capture(monkeypatch)
+    rec = stages.evaluate_set(
+        _params(), "random_real", tmp_path / "rr", "cpu", real=lss_tiny_data, real_ipc=2,
+        labels="expert", buffer_dir=lss_tiny_buffer.folder, real_seed=3,
+    )  # fmt: skip
+    y = seen["y"]
+    assert y.shape == (8, 4) and torch.allclose(y.sum(1), torch.ones(8))
+    x_expected, _ = evaluate.random_real_subset(lss_tiny_data, 2, seed=3)
+    assert torch.equal(seen["x"], x_expected)
+    assert rec.storage["label_floats"] == 8 * 4
+    assert rec.storage["total_bytes"] == 4 * (8 * 3 * 8 * 8 + 8 * 4)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"labels": "soft"}, "labels='soft'"),
+        ({"labels": "expert"}, "labels='expert'"),
+        ({"arch": "resnet50"}, "arch='resnet50'"),
+        ({"arch": "alexnet"}, "cross_arch=False"),
+        ({"iteration": 0}, "iteration=0"),
+        ({"val_per_class": 0}, "val_per_class=0"),
+    ],
+)
+def test_bad_evaluation_variants_fail_before_any_work(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        stages.evaluate_set(_params(), "synset", tmp_path / "x", "cpu", synset_dir=tmp_path, **kw)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cross_arch_convnet_variant_trains_the_other_network(
+    monkeypatch, tmp_path, soft_run, lss_tiny_data
+):
+    seen = _capture(monkeypatch)
+    params = {**_params(), "net_depth": 1, "net_norm": "batchnorm"}
+    with pytest.raises(ValueError, match="distilled for"):
+        stages.evaluate_set(params, "synset", tmp_path / "a", "cpu", synset_dir=soft_run,
+                            real=lss_tiny_data)  # fmt: skip
+    rec = stages.evaluate_set(
+        params, "synset", tmp_path / "b", "cpu", synset_dir=soft_run, real=lss_tiny_data,
+        cross_arch=True,
+    )  # fmt: skip
+    assert seen["spec"].depth == 1 and seen["spec"].norm == "batchnorm"
+    assert rec.extra["variant"]["cross_arch"] is True
+
+
+# ---------------------------------------------------------------- profile expansion
+def test_study_profile_expands_seeds_snapshots_and_evaluations():
+    prof = profiles.expand_profile(profiles.load_profile("study"))
+    seeds = prof["seeds"]
+    assert len(seeds) >= 3
+    for run in ("mtt", "px_hard", "px_soft", "lr_hard", "lss", "lss_strict"):
+        for s in seeds:
+            name = profiles.seed_name(run, s, seeds[0])
+            assert prof["seed_of"][name] == (run, s)
+            flat = profiles.stage_parameters(prof, "distill", name)
+            assert flat["distill_seed"] == s
+            # every cell of a seed differs from the others only in what the cell names
+            assert flat["lr_lr"] == prof["distill"]["lr_lr"]
+    # the 2 x 2 factorial: one factor at a time
+    d = {
+        r: profiles.stage_parameters(prof, "distill", r)
+        for r in ("px_hard", "px_soft", "lr_hard", "lss")
+    }
+    assert d["px_hard"]["schedule"] == d["lss"]["schedule"] == "linear"
+    assert (d["px_soft"]["soft_labels"], d["lr_hard"]["soft_labels"]) == (True, False)
+    # random real per seed, with its own draw
+    assert {
+        prof["baselines"][profiles.seed_name("random_real", s, seeds[0])].get("real_seed", s)
+        for s in seeds
+    } == set(seeds)
+    ev = prof["evals"]
+    assert ev["lss_hard"]["labels"] == "hard" and ev["lss_hard"]["of"] == "lss"
+    assert ev[profiles.seed_name("lss_hard", seeds[1], seeds[0])]["of"] == profiles.seed_name(
+        "lss", seeds[1], seeds[0]
+    )
+    assert ev["random_real_expert"]["labels"] == "expert"
+    assert ev["lss-it50"]["iteration"] == 50 and ev["lss-it50"]["val_per_class"] == 100
+    assert prof["snapshot_every"] == 50 and prof["val_per_class"] == 100
+    xa = [n for n, e in ev.items() if e["cross_arch"]]
+    assert (
+        "xa-lss-convnet_bn" in xa and ev["xa-lss-convnet_bn"]["params"]["net_norm"] == "batchnorm"
+    )
+    # all seeds share the eval seed: cells compared at one seed share their eval nets
+    assert len({e["params"].get("eval_seed", 0) for e in ev.values()}) == 1
+
+
+def test_paper_profiles_plan_the_study_too():
+    for name in ("paper", "paper_cifar100", "paper_svhn"):
+        prof = profiles.expand_profile(profiles.load_profile(name))
+        assert len(prof.get("seeds") or []) >= 3, name
+        assert prof.get("study", {}).get("factorial"), name
+        ev = prof["evals"]
+        assert any(e["labels"] == "hard" for e in ev.values()), name
+        assert any(e["labels"] == "expert" for e in ev.values()), name
+        archs = {e["arch"] for e in ev.values() if e["cross_arch"]}
+        assert {"resnet18_bn", "vgg11_bn", "alexnet"} <= archs, name
+        # the whole training split is in use (the paper's setting): no validation split,
+        # so the final iteration is reported, never a test-chosen one
+        assert prof["val_per_class"] is None and prof["snapshot_every"] is None, name
+        seeded = {b for b, _ in prof["seed_of"].values()}
+        assert set(prof["study"]["factorial"].values()) <= seeded, name
+
+
+@pytest.mark.parametrize(
+    ("patch", "match"),
+    [
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"seeds": "three"}, "seeds"),
+        ({"evals": {"x": {"of": "nope"}}}, "evals.x.of"),
+        ({"evals": {"x": {"of": "lss", "labels": "expert"}}}, "evals.x.labels"),
+        ({"evals": {"x": {"of": "lss", "lr": 1}}}, "evals.x.lr"),
+        ({"best_iteration": {"every": 0, "val_per_class": 5}}, "best_iteration.every"),
+        ({"study": {"factorial": {"pixels_warm": "lss"}}}, "study.factorial role"),
+    ],
+)
+def test_bad_study_entries_name_the_key(tmp_path, patch, match):
+    import yaml
+
+    prof = yaml.safe_load(profiles.profile_path("smoke_study").read_text())
+    prof.update(patch)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    with pytest.raises(ValueError, match=match):
+        profiles.load_profile(path)
+
+
+def test_eval_record_keeps_the_variant(tmp_path):
+    rec = EvalRecord(
+        "synset",
+        "x",
+        {"mean": 0.5, "std": 0.0},
+        {},
+        {},
+        "cpu",
+        extra={"variant": {"labels": "hard"}},
+    )
+    rec.write(tmp_path / "m.json")
+    assert EvalRecord.read(tmp_path / "m.json").extra["variant"]["labels"] == "hard"
+    assert json.loads((tmp_path / "m.json").read_text())["extra"]["variant"]["labels"] == "hard"
