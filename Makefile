@@ -9,7 +9,7 @@
 #   make unlock PROFILE=cpu     release Snakemake's lock after a crash or kill
 #   make test                   everything CI checks (lint, unit tests, fault-injection
 #                               suite, notebook pairing, dry runs, smoke pipeline,
-#                               book, book tests, SLURM test)
+#                               the study's smoke pipeline, book, book tests, SLURM test)
 #   make colab-test             each stage notebook alone, as in a fresh Colab runtime
 #   make slurm-test             the smoke pipeline through workflow/profiles/slurm on
 #                               a single-node SLURM it starts (root; apt; minutes)
@@ -37,7 +37,7 @@ SNAKEMAKE := $(VENV)/bin/snakemake -s workflow/Snakefile
 PROFILES := $(basename $(notdir $(wildcard lsslib/_profiles/*.yaml)))
 SETUP_STAMP := $(VENV)/.lsslib-installed
 
-.PHONY: help setup data pipeline unlock book study test lint unit faults colab-test cache-tests notebooks-paired dry-runs book-tests slurm-test clean
+.PHONY: help setup data pipeline unlock book study study-run test lint unit faults colab-test cache-tests notebooks-paired dry-runs book-tests slurm-test clean
 
 help:
 	@sed -n '1,23p' Makefile | sed 's/^# \{0,1\}//'
@@ -88,18 +88,21 @@ book: pipeline
 # architecture evaluations; about 2 hours on 2 cores). Its book inputs go to
 # results/study/book (not book/_generated); its records of record to records/study.
 STUDY ?= study
-study: setup
+study: study-run
+	$(PY) workflow/scripts/keep_records.py results/$(STUDY) records/$(STUDY)
+
+study-run: setup
 	$(PY) workflow/scripts/timed.py --out results/$(STUDY)/pipeline_time.txt \
 	  --watch results/$(STUDY)/logs \
 	  --keep-if "Nothing to be done" --keep-if "This was a dry-run" -- \
 	  $(SNAKEMAKE) --configfile lsslib/_profiles/$(STUDY).yaml \
 	  --config device=$(DEVICE) book_dir=results/$(STUDY)/book --cores $(CORES) \
 	  --rerun-incomplete --show-failed-logs $(SNAKEFLAGS)
-	$(PY) workflow/scripts/keep_records.py results/$(STUDY) records/$(STUDY)
 
 # --- checks ----------------------------------------------------------------
 test: setup lint unit faults colab-test notebooks-paired dry-runs
 	$(MAKE) pipeline PROFILE=smoke DEVICE=cpu
+	$(MAKE) study-run STUDY=smoke_study DEVICE=cpu
 	$(MAKE) cache-tests
 	bash book/build.sh
 	$(MAKE) book-tests

@@ -21,6 +21,7 @@ Conventions (the book's "What makes it work" page states them too):
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,8 +29,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
-from . import parameterisations, plots, profiles, report, stats
+from . import __version__, parameterisations, plots, profiles, report, stats
 from .artifacts import atomic_write_text
 from .results import EvalRecord, Results, read_json
 
@@ -434,7 +436,8 @@ def study_tables(
     """Write the study's tables, figure and generated findings into ``out_dir``.
 
     Writes ``cells``, ``effects``, ``best_iteration``, ``best_iteration_seeds`` and
-    ``crossarch`` (``.csv`` + ``.md``), ``effects.png`` and ``findings.md``.
+    ``crossarch`` (``.csv`` + ``.md``), ``effects.png``, ``findings.md`` (the effects in
+    sentences) and ``study_info.md`` (the run's provenance box).
 
     Returns:
         The tables by name.
@@ -463,4 +466,33 @@ def study_tables(
     if len(effects):
         report.save_figure(plots.effects_figure(effects), out / "effects.png")
     atomic_write_text(out / "findings.md", findings_markdown(cells, effects, rec.seeds))
+    atomic_write_text(out / "study_info.md", study_info_markdown(rec))
     return tables
+
+
+def study_info_markdown(rec: StudyRecords) -> str:
+    """The MyST box naming the run behind the study's numbers: profile, seeds, eval nets,
+    hardware, software, the date of the newest record and the stage jobs' time."""
+    names = [*rec.profile["runs"], *rec.profile["baselines"], *rec.profile["evals"]]
+    newest = max(rec._path(n).stat().st_mtime for n in names)
+    date = datetime.datetime.fromtimestamp(newest, datetime.timezone.utc).date().isoformat()
+    first = (
+        rec.record(rec.study["factorial"]["lowrank_soft"]) if rec.study.get("factorial") else None
+    )
+    hardware = first.hardware if first else "?"
+    nets = len(first.result["accuracies"]) if first else "?"
+    seconds = 0.0
+    for tsv in rec.res.benchmarks.glob("*.tsv"):
+        try:
+            seconds += float(pd.read_csv(tsv, sep="\t")["s"].iloc[-1])
+        except (ValueError, KeyError, IndexError, pd.errors.ParserError):
+            continue
+    return (
+        ":::{admonition} The run behind the study's numbers\n"
+        ":class: note\n"
+        f"Profile **{rec.profile['name']}** ({str(rec.profile.get('description') or '').strip()}) "
+        f"· distillation seeds {', '.join(map(str, rec.seeds))} · {nets} evaluation networks per "
+        f"set · hardware: {hardware} · torch {torch.__version__} · lsslib {__version__} · "
+        f"date {date} · stage jobs {seconds / 60:.1f} min in all (two at a time).\n"
+        ":::\n"
+    )

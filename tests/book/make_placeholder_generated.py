@@ -96,6 +96,15 @@ TABLES = {
     ),
 }
 
+# The study page's inputs (records/study/study/, copied by book/build.sh): stem -> header.
+STUDY_TABLES = {
+    "cells": ["cell", "set", "labels", "stored floats", "accuracy (%), ± over seeds"],
+    "effects": ["effect", "difference (pp)", "95 % t CI (pp)", "verdict"],
+    "best_iteration": ["cell", "final (%)", "best on validation (%)"],
+    "best_iteration_seeds": ["cell", "seed", "final test (%)"],
+    "crossarch": ["set", "distillation net", "other net"],
+}
+
 NOTEBOOKS = [
     "01_buffers",
     "02_distill",
@@ -198,6 +207,15 @@ def write_placeholders(dest: Path) -> None:
     for stem, (header, rows) in TABLES.items():
         (dest / "tables" / f"{stem}.md").write_text(_markdown_table(header, rows))
         (dest / "tables" / f"{stem}.csv").write_text(_csv(header, rows))
+    study = dest / "study"
+    study.mkdir(parents=True, exist_ok=True)
+    for stem, header in STUDY_TABLES.items():
+        rows = [["PLACEHOLDER"] * len(header)]
+        (study / f"{stem}.md").write_text(_markdown_table(header, rows))
+        (study / f"{stem}.csv").write_text(_csv(header, rows))
+    (study / "effects.png").write_bytes(_png("effects"))
+    (study / "findings.md").write_text("- PLACEHOLDER finding.\n")
+    (study / "study_info.md").write_text("PLACEHOLDER study run.\n")
     png = _png("notebook output")
     for stem in NOTEBOOKS:
         nbformat.write(_notebook(stem, png), dest / "notebooks" / f"{stem}.ipynb")

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import yaml
-from make_placeholder_generated import FIGURES, NOTEBOOKS, TABLES
+from make_placeholder_generated import FIGURES, NOTEBOOKS, STUDY_TABLES, TABLES
 
 REPO = Path(__file__).resolve().parents[2]
 BOOK = REPO / "book"
@@ -55,6 +55,9 @@ def test_generated_paths_are_in_the_contract():
     known = {"_generated/run_info.md", "_generated/pipeline_time.txt"}
     known |= {f"_generated/figures/{f}.png" for f in FIGURES}
     known |= {f"_generated/tables/{t}.{ext}" for t in TABLES for ext in ("md", "csv")}
+    # the study page's inputs, copied from records/study/study/ by book/build.sh
+    known |= {f"_generated/study/{t}.{ext}" for t in STUDY_TABLES for ext in ("md", "csv")}
+    known |= {f"_generated/study/{f}" for f in ("effects.png", "findings.md", "study_info.md")}
     used = set()
     for page in BOOK.glob("*.md"):
         used |= set(re.findall(r"_generated/[\w/]+\.\w+", page.read_text()))

@@ -308,3 +308,79 @@ def test_eval_record_keeps_the_variant(tmp_path):
     rec.write(tmp_path / "m.json")
     assert EvalRecord.read(tmp_path / "m.json").extra["variant"]["labels"] == "hard"
     assert json.loads((tmp_path / "m.json").read_text())["extra"]["variant"]["labels"] == "hard"
+
+
+# ------------------------------------------------------------------ the study tables
+def _fake_records(root: Path, acc) -> None:
+    """Records of every run, baseline and evaluation of the smoke_study profile, with
+    test accuracy ``acc(base, seed, net)`` (fractions) and validation accuracy equal to it."""
+    prof = profiles.expand_profile(profiles.load_profile("smoke_study"))
+    storage = {
+        "budget_floats": 30720, "image_floats": 30720, "label_floats": 0, "lr_floats": 1,
+        "strict": False, "images_per_class": 1, "used_floats": 30720, "total_bytes": 122884,
+        "fits": True,
+    }  # fmt: skip
+    model = {"net_depth": 3, "net_width": 8, "net_norm": "instancenorm"}
+
+    def write(path: Path, base: str, seed: int, iteration: int | None = None) -> None:
+        accs = [acc(base, seed, i) for i in range(2)]
+        result = {"accuracies": accs, "mean": sum(accs) / 2, "std": 0.0, "val_accuracies": accs}
+        extra = {"variant": {"labels": "stored"}, "iteration": iteration or 4}
+        rec = EvalRecord("synset", base, result, storage, {"model": model}, "cpu", extra=extra)
+        rec.write(path)
+
+    for name in prof["runs"]:
+        base, seed = prof["seed_of"][name]
+        folder = root / "runs" / name
+        (folder / "eval").mkdir(parents=True)
+        cfg = profiles.stage_parameters(prof, "distill", name)
+        meta = {
+            "config": {"distill": DistillConfig.from_params(cfg).to_dict()},
+            "parameterisation": cfg["parameterisation"],
+            "layout": {"images_per_class": 1},
+        }
+        (folder / "synset.json").write_text(json.dumps(meta))
+        write(folder / "eval" / "metrics.json", base, seed)
+    for name in prof["baselines"]:
+        base, seed = prof["seed_of"][name]
+        (root / "baselines" / name).mkdir(parents=True)
+        write(root / "baselines" / name / "metrics.json", base, seed)
+    for name, e in prof["evals"].items():
+        base, seed = prof["seed_of"][name]
+        (root / "evals" / name).mkdir(parents=True)
+        write(root / "evals" / name / "metrics.json", base, seed, e["iteration"])
+
+
+def test_study_tables_give_the_paired_effects_of_known_records(tmp_path):
+    """Low-rank adds 3 pp at hard labels and 5 pp at soft labels, exactly at both seeds;
+    soft labels add 1 pp to pixels with a seed-dependent size (0 and 2 pp)."""
+    base_acc = {"px_hard": 0.30, "px_soft": 0.31, "lr_hard": 0.33, "lss": 0.36, "mtt": 0.29}
+
+    def acc(base, seed, net):
+        a = base_acc.get(base.split("-it")[0], 0.2) + 0.01 * seed  # seeds shift all cells
+        if base == "px_soft":
+            a += 0.01 * (2 * seed - 1)  # seed 0: 0 pp over px_hard, seed 1: +2 pp
+        return a + 0.002 * net  # the eval nets differ by 0.2 pp
+
+    _fake_records(tmp_path / "res", acc)
+    tables = __import__("lsslib.study", fromlist=["study_tables"]).study_tables(
+        tmp_path / "res", "smoke_study", tmp_path / "out"
+    )
+    eff = tables["effects"].set_index("effect")
+    hard = eff.loc["low-rank vs pixels, hard labels"]
+    assert hard["difference (pp)"] == "+3.0" and hard["verdict"] == "holds"
+    assert hard["95 % t CI (pp)"] == "[+3.0, +3.0]"
+    soft = eff.loc["soft vs hard labels, pixels"]
+    assert soft["difference (pp)"] == "+1.0"
+    # two pairs, differences 0 and 2: mean 1, t_{0.975,1} = 12.706 * 1 -> [-11.7, +13.7]
+    assert soft["95 % t CI (pp)"] == "[-11.7, +13.7]" and soft["verdict"] == "within the noise"
+    cells = tables["cells"].set_index("cell")
+    assert cells.loc["lss", "accuracy (%), ± over seeds"] == "36.6 ± 0.7"
+    assert cells.loc["lss", "± over eval nets"] == "0.1"
+    best = tables["best_iteration"].set_index("cell")
+    # validation equals test here, and the final set is as good as its snapshot: ties go
+    # to the later iteration, so best = final
+    assert best.loc["lss", "best on validation − final (pp, 95 % CI)"].startswith("+0.0")
+    assert (tmp_path / "out" / "effects.png").is_file()
+    findings = (tmp_path / "out" / "findings.md").read_text()
+    assert "**low-rank vs pixels, hard labels** (lr_hard − px_hard): +3.0 pp" in findings

@@ -1,11 +1,14 @@
 """Copy a finished profile's results of record into records/PROFILE (small files only).
 
-Usage: python workflow/scripts/keep_records.py results/study records/study
+Usage: python workflow/scripts/keep_records.py RESULTS RECORDS [BOOK_DIR]
+  e.g. python workflow/scripts/keep_records.py results/study records/study
+       python workflow/scripts/keep_records.py results/cpu records/cpu book/_generated
 
 Kept: every evaluation record (runs' eval/metrics.json, baselines/, evals/), every
 distilled set (synset.json + its tensor file; snapshots are left out), the per-iteration
 log.csv, the study stage's tables and figures (study/), the buffer index, Snakemake's
-per-job benchmark TSVs and pipeline_time.txt. Not kept: expert trajectories,
+per-job benchmark TSVs and pipeline_time.txt, and with BOOK_DIR the summary stage's
+book inputs (tables/, figures/, run_info.md). Not kept: expert trajectories,
 checkpoints, executed notebooks and logs (rebuild them with the pipeline).
 The destination is replaced as a whole, through a temporary folder, so that it is
 complete or absent.
@@ -19,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 
-def keep(src: Path, dst: Path) -> int:
+def keep(src: Path, dst: Path, book: Path | None = None) -> int:
     if not (src / "buffers" / "buffer.json").is_file():
         raise SystemExit(f"{src}: no finished results (buffers/buffer.json missing)")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +47,13 @@ def keep(src: Path, dst: Path) -> int:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, out)
                 n += 1
+    if book is not None:
+        for f in sorted([*book.glob("tables/*"), *book.glob("figures/*"), book / "run_info.md"]):
+            if f.is_file():
+                out = tmp / f.relative_to(book)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, out)
+                n += 1
     shutil.copy2(src / "buffers" / "buffer.json", tmp / "buffer.json")
     readme = dst / "README.md"
     if readme.is_file():  # the provenance note is written by hand, kept across refreshes
@@ -57,6 +67,7 @@ def keep(src: Path, dst: Path) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         raise SystemExit(__doc__)
-    print(f"kept {keep(Path(sys.argv[1]), Path(sys.argv[2]))} files in {sys.argv[2]}")
+    book = Path(sys.argv[3]) if len(sys.argv) == 4 else None
+    print(f"kept {keep(Path(sys.argv[1]), Path(sys.argv[2]), book)} files in {sys.argv[2]}")
