@@ -47,11 +47,11 @@ description: str = (
 )
 book_dir: str = "book/_generated"
 main: dict = {"lss": "lss", "mtt": "mtt"}
-compare: list = []  # further runs of the main table (same storage)
+compare: list = ["px_hard", "px_soft", "lr_hard", "fred"]  # further rows of the main table
 baselines: list = ["random_real", "full"]
 ablations: dict = {
     "rank": ["lss_r2", "lss", "lss_r8"],
-    "schedule": ["lss_fixed", "lss", "lss_stair"],
+    "schedule": ["lss_fixed", "lss"],
 }
 
 # %%
