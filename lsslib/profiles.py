@@ -102,7 +102,9 @@ def load_profile(profile: str | Path) -> dict[str, Any]:
         The profile as a dict (``data``, ``model``, ``buffers``, ``distill``, ``eval``,
         ``runs``, ``main`` (the ``lss`` and ``mtt`` runs), ``compare`` (further runs the
         main table lists at the same storage), ``ablations`` ...). Every run is checked by building its
-        configs, so a bad profile fails here, before any work.
+        configs, so a bad profile fails here, before any work. The study keys
+        (``seeds``, ``seeded``, ``best_iteration``, ``evals``, ``crossarch``, ``study``)
+        are checked too and left as written; :func:`expand_profile` spells them out.
 
     Raises:
         ValueError: unknown profile, unknown top-level key, unknown parameter in a
@@ -336,7 +338,7 @@ def expand_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
       expert draws, the initial real images and DSA); every ``random_real`` baseline
       likewise with ``real_seed``. The evaluation seeds stay the same across
       distillation seeds, so that cells compared at one seed share their eval nets.
-    - ``best_iteration: {every: N, val_per_class: V}``: every run saves its set every
+    - ``best_iteration: {eval_every: N, val_per_class: V}``: every run saves its set every
       ``N`` iterations; each snapshot gets an evaluation ``R-itK`` and every evaluation
       of a run also tests on ``V`` validation images per class
       (:func:`lsslib.data.validation_split`).
@@ -392,10 +394,10 @@ def expand_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
     best = prof.get("best_iteration")
     every = val = None
     if best is not None:
-        if not isinstance(best, Mapping) or set(best) - {"every", "val_per_class"}:
-            _fail("best_iteration", best, "a mapping {every: N, val_per_class: V}")
-        every, val = best.get("every"), best.get("val_per_class")
-        check_range("best_iteration.every", every, lo=1, integer=True)
+        if not isinstance(best, Mapping) or set(best) - {"eval_every", "val_per_class"}:
+            _fail("best_iteration", best, "a mapping {eval_every: N, val_per_class: V}")
+        every, val = best.get("eval_every"), best.get("val_per_class")
+        check_range("best_iteration.eval_every", every, lo=1, integer=True)
         check_range("best_iteration.val_per_class", val, lo=1, integer=True)
         if DataConfig.from_params(stage_parameters(prof, "buffers")).train_per_class is None:
             _fail(

@@ -280,7 +280,7 @@ def test_paper_profiles_plan_the_study_too():
         ({"evals": {"x": {"of": "nope"}}}, "evals.x.of"),
         ({"evals": {"x": {"of": "lss", "labels": "expert"}}}, "evals.x.labels"),
         ({"evals": {"x": {"of": "lss", "lr": 1}}}, "evals.x.lr"),
-        ({"best_iteration": {"every": 0, "val_per_class": 5}}, "best_iteration.every"),
+        ({"best_iteration": {"eval_every": 0, "val_per_class": 5}}, "best_iteration.eval_every"),
         ({"study": {"factorial": {"pixels_warm": "lss"}}}, "study.factorial role"),
     ],
 )
