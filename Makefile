@@ -4,7 +4,7 @@
 #   make data                   show where lsslib finds (or would download) the data
 #   make pipeline PROFILE=cpu   run the Snakemake workflow for one profile
 #   make book PROFILE=cpu       setup + pipeline + strict book build (_build/html)
-#   make study                  the study profile (seeds, factorial, ~2 h on 2 cores)
+#   make study                  the study profile (seeds, factorial; 72 min on 2 cores)
 #                               and its records (records/study/)
 #   make unlock PROFILE=cpu     release Snakemake's lock after a crash or kill
 #   make test                   everything CI checks (lint, unit tests, fault-injection
@@ -85,7 +85,7 @@ book: pipeline
 
 # The study of issue 12 (lsslib/_profiles/study.yaml: 3 distillation seeds, the
 # parameterisation x labels factorial, label-robust, best-iteration and cross-
-# architecture evaluations; about 2 hours on 2 cores). Its book inputs go to
+# architecture evaluations; 72 min on 2 cores on 2026-12-01). Its book inputs go to
 # results/study/book (not book/_generated); its records of record to records/study.
 STUDY ?= study
 study: study-run

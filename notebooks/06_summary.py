@@ -47,7 +47,7 @@ description: str = (
 )
 book_dir: str = "book/_generated"
 main: dict = {"lss": "lss", "mtt": "mtt"}
-compare: list = ["px_hard", "px_soft", "lr_hard", "fred"]  # further rows of the main table
+compare: list = []  # further runs of the main table (same storage; the workflow passes the profile's)
 baselines: list = ["random_real", "full"]
 ablations: dict = {
     "rank": ["lss_r2", "lss", "lss_r8"],
