@@ -125,9 +125,6 @@ def _describe_cell(rec: StudyRecords, base: str) -> dict[str, Any]:
         schedule, per_class = cfg["schedule"], meta["layout"]["images_per_class"]
     else:
         kind, labels, schedule, per_class = "random real", "hard", "-", st["images_per_class"]
-    variant = rec.record(rec.names_of(base)[rec.seeds[0]]).extra.get("variant", {})
-    if variant.get("labels") == "hard" and meta is None:
-        labels = "hard"
     return {
         "cell": base,
         "set": kind,
