@@ -95,8 +95,80 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         help="CPU: peak RSS of each variant in fresh processes, alternating, this many "
         "rounds (default 2 on CPU, 0 on CUDA; 0 = off)",
     )
+    p.add_argument(
+        "--op-profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CPU: one extra run of each variant under torch.profiler, for the share of "
+        "its time spent in convolutions and the convolution floor (default on)",
+    )
     p.add_argument("--rss-only", default=None, help=argparse.SUPPRESS)  # internal: child mode
     return p
+
+
+# ------------------------------------------------------ where the time goes (CPU)
+def op_profile(fn: Callable[[], Any], dev: torch.device) -> dict[str, Any] | None:
+    """Self CPU time of one run of ``fn`` under :mod:`torch.profiler`, split into convolutions
+    (every operator whose name contains ``conv``: oneDNN's ``mkldnn_convolution``,
+    ``convolution_backward``, the ``_convolution`` dispatch) and the rest.
+
+    Returns ``{"total_ms", "conv_ms", "conv_share", "top": [[op, ms], ...]}`` (the ten
+    largest operators), or ``None`` off CPU (a CUDA profile would need the CUDA
+    activity). The profiler adds per-operator overhead, so shares, not seconds, are the
+    figures to read.
+    """
+    if dev.type != "cpu":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    rows = [(e.key, e.self_cpu_time_total / 1e3) for e in prof.key_averages()]
+    total = sum(ms for _, ms in rows)
+    conv = sum(ms for k, ms in rows if "conv" in k)
+    top = sorted(rows, key=lambda r: -r[1])[:10]
+    return {
+        "total_ms": round(total, 1),
+        "conv_ms": round(conv, 1),
+        "conv_share": round(conv / total, 4) if total else None,
+        "top": [[k, round(ms, 1)] for k, ms in top],
+    }
+
+
+def convolution_floor(
+    results: dict[str, dict[str, Any]], profiles: dict[str, Any], ref: str = "reference"
+) -> dict[str, float]:
+    """Per variant: the largest speed-up over ``ref`` it could reach if everything but its
+    convolutions took no time: ``ref best_s / (conv_share x variant best_s)``.
+
+    lsslib and the reference call the same oneDNN convolutions on the same shapes, so a
+    target above this bound needs faster convolution arithmetic, not less overhead.
+    """
+    out = {}
+    if ref not in results:
+        return out
+    for name, prof in profiles.items():
+        if name == ref or not prof or not prof.get("conv_share"):
+            continue
+        floor_s = prof["conv_share"] * results[name]["best_s"]
+        out[name] = round(results[ref]["best_s"] / floor_s, 3)
+    return out
+
+
+def print_op_profiles(profiles: dict[str, Any], floors: dict[str, float]) -> None:
+    for name, prof in profiles.items():
+        if not prof:
+            continue
+        top = ", ".join(f"{k} {ms:.0f}" for k, ms in prof["top"][:5])
+        print(
+            f"   ops     {name}: convolutions {100 * prof['conv_share']:.1f} % of "
+            f"{prof['total_ms']:.0f} ms self CPU time (profiled run); largest: {top} ms"
+        )
+    for name, f in floors.items():
+        print(
+            f"   floor   {name}: at most {f}x the reference if everything but its "
+            "convolutions were free"
+        )
 
 
 # ------------------------------------------------------ peak RSS in fresh processes

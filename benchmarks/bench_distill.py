@@ -56,6 +56,7 @@ import torch
 from _common import (
     PeakMemory,
     base_parser,
+    convolution_floor,
     device_info,
     device_peak,
     emit,
@@ -64,6 +65,8 @@ from _common import (
     interleaved_times,
     mib,
     of_peak,
+    op_profile,
+    print_op_profiles,
     print_vs_reference,
     recheck_peak,
     rss_in_fresh_processes,
@@ -198,6 +201,11 @@ def main() -> None:
     times = interleaved_times(
         {m: (lambda m=m: iteration(m, plan)) for m in names}, args.repeats, dev
     )
+    profiles = (
+        {m: op_profile(lambda m=m: iteration(m, plan), dev) for m in names}
+        if args.op_profile
+        else {}
+    )
     rss = rss_in_fresh_processes(args, dev, names)
     peak = recheck_peak(dev, args, peak)
     img_steps = args.syn_steps * args.batch_syn
@@ -260,6 +268,8 @@ def main() -> None:
 
     ref_ratios = vs_reference(results, rss)
     print_vs_reference(ref_ratios, rss)
+    floors = convolution_floor(results, profiles)
+    print_op_profiles(profiles, floors)
     if "reference" in losses and "unrolled" in losses:
         print(
             f"   check   |loss unrolled - loss reference| = "
@@ -332,6 +342,8 @@ def main() -> None:
             "results": results,
             "ratios": ratios,
             "vs_reference": ref_ratios,
+            "op_profiles": profiles,
+            "convolution_floor_vs_reference": floors,
             "rss_fresh_processes": rss,
             "tesla_inexactness": sweep,
             "gpu_targets": targets,

@@ -35,6 +35,7 @@ import torch
 from _common import (
     PeakMemory,
     base_parser,
+    convolution_floor,
     device_info,
     device_peak,
     emit,
@@ -42,6 +43,8 @@ from _common import (
     interleaved_times,
     mib,
     of_peak,
+    op_profile,
+    print_op_profiles,
     print_vs_reference,
     recheck_peak,
     rss_in_fresh_processes,
@@ -180,6 +183,11 @@ def main() -> None:
     accs: dict[str, list[float]] = {}
     fns = {name: (lambda name=name: accs.__setitem__(name, variants[name]())) for name in variants}
     times = interleaved_times(fns, args.repeats, dev)
+    profiles = (
+        {name: op_profile(lambda fn=fn: fn(), dev) for name, fn in variants.items()}
+        if args.op_profile
+        else {}
+    )
     rss = rss_in_fresh_processes(args, dev, list(variants))
 
     peak = recheck_peak(dev, args, peak)
@@ -246,6 +254,8 @@ def main() -> None:
     )
     print(f"   check   max |accuracy together - sequential| = {max_acc_diff:.3g}")
     print_vs_reference(ref_ratios, rss)
+    floors = convolution_floor(results, profiles)
+    print_op_profiles(profiles, floors)
     if ref_acc_diff is not None:
         print(f"   check   max |accuracy together - reference| = {ref_acc_diff:.3g}")
     targets = None
@@ -266,6 +276,8 @@ def main() -> None:
             "ratios": ratios,
             "max_abs_accuracy_diff": max_acc_diff,
             "vs_reference": ref_ratios,
+            "op_profiles": profiles,
+            "convolution_floor_vs_reference": floors,
             "rss_fresh_processes": rss,
             "max_abs_accuracy_diff_vs_reference": ref_acc_diff,
             "curve_test_images": n_curve,

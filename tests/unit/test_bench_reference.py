@@ -81,3 +81,37 @@ def test_reference_unrolled_iteration_equals_matching_loss():
         grads.append((loss.detach(), x.grad, logits.grad, lr.grad))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_op_profile_splits_convolutions_from_the_rest():
+    import _common
+
+    x = torch.randn(4, 3, 16, 16)
+    w = torch.randn(8, 3, 3, 3)
+
+    def conv_only():
+        return torch.nn.functional.conv2d(x, w, padding=1)
+
+    def conv_and_elementwise():
+        h = torch.nn.functional.conv2d(x, w, padding=1)
+        for _ in range(50):
+            h = (h * 1.0001).add_(1e-4).relu()
+        return h
+
+    only = _common.op_profile(conv_only, torch.device("cpu"))
+    mixed = _common.op_profile(conv_and_elementwise, torch.device("cpu"))
+    assert only["conv_share"] > 0.9  # nothing but the convolution's own operators
+    assert 0 < mixed["conv_share"] < only["conv_share"]
+    assert mixed["conv_ms"] <= mixed["total_ms"]
+    assert any(op == "aten::mul" for op, _ in mixed["top"])
+    assert _common.op_profile(conv_only, torch.device("meta")) is None  # CPU only
+
+
+def test_convolution_floor_is_reference_time_over_convolution_time():
+    import _common
+
+    results = {"reference": {"best_s": 3.0}, "unrolled": {"best_s": 2.0}}
+    profiles = {"reference": {"conv_share": 0.5}, "unrolled": {"conv_share": 0.75}}
+    # 3 s / (0.75 x 2 s): the variant's convolutions alone take 1.5 s
+    assert _common.convolution_floor(results, profiles) == {"unrolled": 2.0}
+    assert _common.convolution_floor({"unrolled": {"best_s": 2.0}}, profiles) == {}
