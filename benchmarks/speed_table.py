@@ -89,6 +89,17 @@ def _speed_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"invalid benchmark record bench={bench!r}: allowed experts, evaluate, distill"
         )
+    vs_ref = rec.get("vs_reference") or {}
+    reference = (
+        "; ".join(
+            f"{name} {r['speed_median']}x ({r['speed_cpu_time']}x CPU time)"
+            + (f", peak RSS {r['peak_rss']}x" if "peak_rss" in r else "")
+            for name, r in vs_ref.items()
+        )
+        or "not run"
+    )
+    floors = rec.get("convolution_floor_vs_reference") or {}
+    floor = "; ".join(f"{name} {f}x" for name, f in floors.items()) or "not profiled"
     targets = rec.get("gpu_targets")
     if targets is None:
         target_text = "n/a (CPU run)" if rec["device"] == "cpu" else "not checked"
@@ -103,6 +114,8 @@ def _speed_row(rec: Mapping[str, Any]) -> dict[str, Any]:
         "optimised (median)": opt,
         "baseline (median)": bas,
         "speed ratio": ratio,
+        "vs plain PyTorch reference": reference,
+        "convolution floor": floor,
         "peak memory": mem,
         "fraction of peak": frac,
         "GPU targets": target_text,
@@ -115,7 +128,11 @@ def speed_table(records_dir: str | Path) -> pd.DataFrame:
 
     Each JSON file is the record a ``benchmarks/bench_*.py --out FILE`` run wrote
     (its last output line). Speeds are the median rounds; ratios are optimised /
-    baseline speed, so above 1 is faster; memory is the CUDA allocator's peak on a
+    baseline speed, so above 1 is faster; "vs plain PyTorch reference" is reference
+    time / lsslib time (median round, and process CPU time) against the issue-16
+    reference of ``benchmarks/_reference.py``, and "convolution floor" the most that
+    ratio could reach if everything but the convolutions took no time (records
+    without them say "not run" / "not profiled"); memory is the CUDA allocator's peak on a
     GPU and the peak resident set on a CPU (see ``benchmarks/README.md``).
 
     Returns:
@@ -132,6 +149,8 @@ def speed_table(records_dir: str | Path) -> pd.DataFrame:
         "optimised (median)",
         "baseline (median)",
         "speed ratio",
+        "vs plain PyTorch reference",
+        "convolution floor",
         "peak memory",
         "fraction of peak",
         "GPU targets",

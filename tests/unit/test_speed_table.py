@@ -41,6 +41,15 @@ def test_speed_table_has_one_row_per_record_with_its_ratios():
         assert rec["date_utc"][:10] in row["device"].item()
         assert rec["torch"] in row["device"].item()
         assert row["GPU targets"].item() == "n/a (CPU run)"
+        vs_ref = rec.get("vs_reference") or {}
+        for name, r in vs_ref.items():
+            assert f"{name} {r['speed_median']}x ({r['speed_cpu_time']}x CPU time)" in (
+                row["vs plain PyTorch reference"].item()
+            )
+        if not vs_ref:
+            assert row["vs plain PyTorch reference"].item() == "not run"
+        for name, f in (rec.get("convolution_floor_vs_reference") or {}).items():
+            assert f"{name} {f}x" in row["convolution floor"].item()
         tuned = "malloc not tuned" not in row["configuration"].item()
         assert tuned == rec["malloc_tuned"]
 
