@@ -411,7 +411,7 @@ def _net_text(p: Mapping[str, Any]) -> str:
     return f"ConvNetD{p['net_depth']} w{p['net_width']} {p['net_norm']}"
 
 
-def findings_markdown(cells: pd.DataFrame, effects: pd.DataFrame, seeds: Sequence[int]) -> str:
+def findings_markdown(effects: pd.DataFrame, seeds: Sequence[int]) -> str:
     """The effects in sentences generated from the numbers (the book includes them)."""
     lines = [
         f"Measured over {len(seeds)} distillation seeds ({', '.join(map(str, seeds))}); "
@@ -462,7 +462,7 @@ def study_tables(
         report.write_table(visible, out / name)
     if len(effects):
         report.save_figure(plots.effects_figure(effects), out / "effects.png")
-    atomic_write_text(out / "findings.md", findings_markdown(cells, effects, rec.seeds))
+    atomic_write_text(out / "findings.md", findings_markdown(effects, rec.seeds))
     atomic_write_text(out / "study_info.md", study_info_markdown(rec))
     return tables
 
