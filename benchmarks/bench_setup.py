@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import os
 import shutil
 import sys
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import emit, load_average
+from _common import _git, emit, load_average
 
 from lsslib.config import BufferConfig, DataConfig, DistillConfig, ModelConfig
 from lsslib.data import load_data
@@ -86,6 +87,10 @@ def main() -> None:
         {
             "bench": "setup",
             "command": " ".join(["python", *sys.argv]),
+            "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "git_commit": _git("rev-parse", "--short", "HEAD"),
+            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
             "ipc": args.ipc,
             "width": 128,
             "threads": args.threads,
