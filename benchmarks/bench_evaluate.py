@@ -184,9 +184,7 @@ def main() -> None:
     fns = {name: (lambda name=name: accs.__setitem__(name, variants[name]())) for name in variants}
     times = interleaved_times(fns, args.repeats, dev)
     profiles = (
-        {name: op_profile(lambda fn=fn: fn(), dev) for name, fn in variants.items()}
-        if args.op_profile
-        else {}
+        {name: op_profile(fn, dev) for name, fn in variants.items()} if args.op_profile else {}
     )
     rss = rss_in_fresh_processes(args, dev, list(variants))
 

@@ -23,16 +23,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import _git, emit, load_average
+from _common import device_info, emit
 
 from lsslib.config import BufferConfig, DataConfig, DistillConfig, ModelConfig
 from lsslib.data import load_data
@@ -51,8 +49,8 @@ def main() -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    tune_cpu_malloc()
-    load0 = load_average()
+    args.malloc_tuned = tune_cpu_malloc()
+    info = device_info(torch.device("cpu"), args)  # provenance, as the stage benchmarks
     data_cfg = DataConfig(dataset="cifar10")
     real = load_data(data_cfg, progress=False)
     sub = load_data(
@@ -86,16 +84,11 @@ def main() -> None:
     emit(
         {
             "bench": "setup",
-            "command": " ".join(["python", *sys.argv]),
-            "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__,
-            "git_commit": _git("rev-parse", "--short", "HEAD"),
-            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            **info,
             "ipc": args.ipc,
             "width": 128,
             "threads": args.threads,
             "buffer_experts": buffer.num_experts,
-            "load_average_start": load0,
             "rows": rows,
         },
         args.out,
