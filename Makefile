@@ -33,11 +33,17 @@ VENV ?= .venv
 PYTHON ?= python3
 
 PY := $(VENV)/bin/python
+# Every command of the test suite runs headless and prints as it goes, whoever calls it.
+export MPLBACKEND ?= Agg
+export PYTHONUNBUFFERED ?= 1
+# Tests that lack a real dataset skip and append to this file (tests/conftest.py);
+# `make test` empties it first and fails at its end if it is not empty.
+SKIP_LOG := .test-skips.log
 SNAKEMAKE := $(VENV)/bin/snakemake -s workflow/Snakefile
 PROFILES := $(basename $(notdir $(wildcard lsslib/_profiles/*.yaml)))
 SETUP_STAMP := $(VENV)/.lsslib-installed
 
-.PHONY: help setup data pipeline unlock book study study-run test lint unit faults colab-test cache-tests notebooks-paired dry-runs book-tests slurm-test clean
+.PHONY: help setup data pipeline unlock book study study-run test test-start test-end lint unit faults colab-test cache-tests notebooks-paired dry-runs book-tests slurm-test clean
 
 help:
 	@sed -n '1,23p' Makefile | sed 's/^# \{0,1\}//'
@@ -54,7 +60,14 @@ $(SETUP_STAMP): pyproject.toml
 # --- data ------------------------------------------------------------------
 # Nothing to download here: lsslib looks in data_root, $$LSS_DATA_ROOT, ./data,
 # ../shared/data (see lsslib/data.py) and falls back to torchvision's download.
+# Fashion-MNIST comes from Debian's package dataset-fashion-mnist (installed here
+# when missing and apt-get can run; otherwise the message says what to install).
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
 data: setup
+	@if [[ ! -d $(FMNIST_DIR) ]]; then \
+	  if command -v apt-get >/dev/null && [[ "$$(id -u)" == 0 ]]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "Fashion-MNIST: install Debian's package dataset-fashion-mnist (apt-get, as root)"; fi; fi
 	@$(PY) -c "from lsslib.data import find_data_root, cache_dir; \
 	[print(f'{d:9s}', find_data_root(d) or 'not found: torchvision will download into ./data') \
 	 for d in ('cifar10', 'cifar100', 'svhn')]; print('cache    ', cache_dir())"
@@ -80,7 +93,7 @@ pipeline: setup
 unlock: setup
 	$(SNAKEMAKE) --configfile lsslib/_profiles/$(PROFILE).yaml --unlock
 
-book: pipeline
+book: data pipeline
 	bash book/build.sh
 
 # The study of issue 12 (lsslib/_profiles/study.yaml: 3 distillation seeds, the
@@ -100,13 +113,25 @@ study-run: setup
 	  --rerun-incomplete --show-failed-logs $(SNAKEFLAGS)
 
 # --- checks ----------------------------------------------------------------
-test: setup lint unit faults colab-test notebooks-paired dry-runs
+test: setup data test-start lint unit faults colab-test notebooks-paired dry-runs
 	$(MAKE) pipeline PROFILE=smoke DEVICE=cpu
 	$(MAKE) study-run STUDY=smoke_study DEVICE=cpu
 	$(MAKE) cache-tests
 	bash book/build.sh
 	$(MAKE) book-tests
 	$(MAKE) slurm-test
+	$(MAKE) test-end
+
+# The data every test needs is found as `make data` shows (nothing to set); a test
+# that could not find it was skipped and is named here, so the run fails.
+test-start:
+	@rm -f $(SKIP_LOG)
+
+test-end:
+	@if [[ -s $(SKIP_LOG) ]]; then \
+	  echo "make test: these tests were skipped for lack of data, so the run does not pass:"; \
+	  cat $(SKIP_LOG); exit 1; fi
+	@echo "make test: every check ran (no test skipped for lack of data)"
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -127,7 +152,7 @@ cache-tests: setup
 	LSS_REQUIRE_CIFAR_CACHE=1 $(VENV)/bin/pytest tests/unit/test_gpu_suite.py tests/unit/test_lss_data.py
 
 # Each stage notebook alone in an empty folder, installed from a wheel of this
-# checkout, with google.colab faked (needs the offline CIFAR-10: LSS_DATA_ROOT).
+# checkout, with google.colab faked (the test hands it the offline CIFAR-10 it finds).
 colab-test: setup
 	$(VENV)/bin/pytest tests/colab
 

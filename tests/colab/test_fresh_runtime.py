@@ -1,4 +1,4 @@
-"""Each stage notebook runs alone in a fresh runtime, as in Colab (issue 13).
+"""Each stage notebook runs alone in a fresh runtime, as in Colab.
 
 Every notebook is copied alone into an empty folder and run by papermill with the
 smoke profile's sizes. Its install cell really runs, pointed at a wheel built from
@@ -7,8 +7,10 @@ imports first), and ``google.colab`` is faked, so the Colab branch runs too. A s
 that lacks its upstream artifacts makes them (the buffer, the synthetic set, the
 ablation runs), and each must leave its table and figures.
 
-Needs the offline CIFAR-10 (``LSS_DATA_ROOT``, as ``.ci/run`` sets it); the decoded
-cache is shared between the notebooks (``LSS_CACHE_DIR``).
+Needs the offline CIFAR-10, found as the library finds it (``offline_data`` in
+``tests/conftest.py``) and handed to the notebooks explicitly (``LSS_DATA_ROOT``): an
+installed wheel cannot see the checkout's surroundings. The decoded cache is shared
+between the notebooks (``LSS_CACHE_DIR``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from lsslib.data import find_data_root
 
 REPO = Path(__file__).resolve().parents[2]
 NB = REPO / "notebooks"
@@ -52,10 +52,10 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory) -> dict[str, str]:
-    """The environment of a fresh runtime: a wheel of the checkout, a fake Colab."""
-    if find_data_root("cifar10") is None:
-        pytest.skip("no offline CIFAR-10 (set LSS_DATA_ROOT)")
+def runtime(tmp_path_factory, offline_data) -> dict[str, str]:
+    """The environment of a fresh runtime: a wheel of the checkout, a fake Colab, and
+    the offline CIFAR-10 named explicitly."""
+    data_root = offline_data("cifar10")
     root = tmp_path_factory.mktemp("runtime")
     wheels = root / "wheels"
     subprocess.run(
@@ -75,6 +75,7 @@ def runtime(tmp_path_factory) -> dict[str, str]:
     env.update(
         LSS_INSTALL=f"--no-deps --target {site} {wheel}",
         PYTHONPATH=os.pathsep.join([str(site), str(fake)]),
+        LSS_DATA_ROOT=str(data_root),
         LSS_CACHE_DIR=str(root / "cache"),
         OMP_NUM_THREADS="1",
         MPLBACKEND="Agg",

@@ -183,8 +183,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> dict:
+def cluster(tmp_path_factory, offline_data) -> dict:
     """A running single-node SLURM; yields the environment that talks to it."""
+    data_root = offline_data("cifar10")  # before any daemon starts
     subprocess.run(["bash", str(CLUSTER), "install"], check=True)
     folder = tmp_path_factory.mktemp("slurm")
     env = dict(os.environ)
@@ -194,14 +195,12 @@ def cluster(tmp_path_factory) -> dict:
         # Jobs import this checkout's lsslib, and find the data and the decoded-data
         # cache where a run from the repository root would (their cwd is elsewhere).
         sys.path.insert(0, str(REPO))
-        from lsslib.data import cache_dir, find_data_root
+        from lsslib.data import cache_dir
 
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         )
-        root = find_data_root("cifar10")
-        if root and "LSS_DATA_ROOT" not in env:
-            env["LSS_DATA_ROOT"] = str(Path(root).resolve())
+        env["LSS_DATA_ROOT"] = str(data_root)
         env.setdefault("LSS_CACHE_DIR", str((REPO / cache_dir()).resolve()))
         env.setdefault("MPLBACKEND", "Agg")
         env["PYTHONUNBUFFERED"] = "1"
