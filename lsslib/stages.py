@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import archs, data, evaluate, experts, plots, profiles, report, summary
+from . import archs, data, evaluate, experts, parameters, plots, profiles, report, summary
 from .artifacts import atomic_write_text
 from .config import (
     STAGE_CONFIGS,
@@ -88,8 +88,11 @@ def stage_parameters(
         ``{name: value}`` over the stage's dataclass fields, validated by building them.
 
     Raises:
-        ValueError: unknown profile, stage or run; an invalid value.
+        ValueError: a parameter papermill injected that the notebook does not declare
+            (:func:`lsslib.parameters.refuse_unknown`); unknown profile, stage or run;
+            an invalid value.
     """
+    parameters.refuse_unknown(namespace)
     check_choice("stage", stage, tuple(STAGE_CONFIGS))
     if profile is not None:
         flat = _profile_flat(profiles.load_profile(profile), stage, run)

@@ -54,9 +54,10 @@ out_dir: Optional[str] = None  # None: results/<profile>/ablation_rank
 device: str = "cpu"
 
 # %%
-from lsslib import profiles, report, stages
+from lsslib import parameters, profiles, report, stages
 from lsslib.results import Results
 
+parameters.refuse_unknown(globals())  # a misspelled -p NAME is an error
 device = report.colab_device(device)  # in Colab: its GPU when one is attached
 plan = stages.ablation_plan(profiles.load_profile(profile), "rank") if profile else {}
 res = Results(results_dir) if results_dir else Results.of(profile or "cpu")

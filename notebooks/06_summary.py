@@ -57,8 +57,9 @@ ablations: dict = {
 # %%
 import datetime
 
-from lsslib import stages
+from lsslib import parameters, stages
 
+parameters.refuse_unknown(globals())  # a misspelled -p NAME is an error
 info = stages.summarise(
     results_dir,
     book_dir,

@@ -47,8 +47,9 @@ profile: str = "study"  # a bundled profile name or a YAML path, with seeds and 
 out_dir: str = "results/study/study"
 
 # %%
-from lsslib import report, study
+from lsslib import parameters, report, study
 
+parameters.refuse_unknown(globals())  # a misspelled -p NAME is an error
 tables = study.study_tables(results_dir, profile, out_dir)
 for name in ("cells", "effects", "best_iteration", "crossarch"):
     print(name)
