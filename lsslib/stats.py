@@ -31,12 +31,23 @@ Two intervals come with a difference, and they are not equals:
 
 The t quantile and the p-value come from :mod:`scipy.stats`, imported on first
 use (summaries need numpy only).
+
+Three further tools make a table of effects honest:
+
+* :func:`holm` corrects the p-values of a family of effects for multiplicity
+  (Holm's step-down procedure); pre-declared primary contrasts are kept out of
+  the family and tested at the nominal alpha on their own;
+* :func:`minimum_detectable_effect` gives, for a paired design, the smallest true
+  mean difference it would detect with a given power: the number that must go
+  with every verdict "within the noise";
+* :func:`label_robust_score` computes DD-Ranking's hard-label recovery,
+  improvement over random and label-robust score from accuracies as fractions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,19 +58,30 @@ __all__ = [
     "seed_scores",
     "summarise_cell",
     "paired_difference",
+    "HolmVerdict",
+    "holm",
+    "paired_t_power",
+    "minimum_detectable_effect",
+    "LabelRobustScore",
+    "label_robust_score",
 ]
 
 
-def _scipy_t():
-    """``scipy.stats.t``, with a clear error where scipy is not installed."""
+def _scipy_stats():
+    """``scipy.stats``, with a clear error where scipy is not installed."""
     try:
         from scipy import stats as sps
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "lsslib.stats needs scipy for the t interval and the p-value "
+            "lsslib.stats needs scipy for the t interval, the p-value and the power "
             "(pip install scipy; it belongs in lsslib's dependencies)"
         ) from exc
-    return sps.t
+    return sps
+
+
+def _scipy_t():
+    """``scipy.stats.t``, with a clear error where scipy is not installed."""
+    return _scipy_stats().t
 
 
 def _check_confidence(confidence: float) -> float:
@@ -311,3 +333,290 @@ def paired_difference(
         seeds=tuple(int(s) for s in common),
         differences=tuple(float(x) for x in d),
     )
+
+
+# ------------------------------------------------------------- multiplicity
+
+
+@dataclass(frozen=True)
+class HolmVerdict:
+    """One effect's test after the multiplicity correction of :func:`holm`.
+
+    Attributes:
+        name: the effect's name.
+        p_value: its unadjusted two-sided p-value.
+        p_adjusted: Holm-adjusted p-value in ``[0, 1]`` for a member of the family;
+            equal to ``p_value`` for a primary contrast (tested on its own).
+        primary: whether the effect is a pre-declared primary contrast.
+        holds: whether the null "mean difference = 0" is rejected at the family-wise
+            ``alpha``: ``p_adjusted <= alpha``.
+        family_size: the number ``m`` of effects in the Holm family (1 for a primary).
+        alpha: the family-wise (or, for a primary, per-test) level.
+    """
+
+    name: str
+    p_value: float
+    p_adjusted: float
+    primary: bool
+    holds: bool
+    family_size: int
+    alpha: float
+
+
+def holm(
+    p_values: Mapping[str, float],
+    *,
+    alpha: float = 0.05,
+    primary: Collection[str] = (),
+) -> dict[str, HolmVerdict]:
+    """Holm's step-down correction of a family of p-values, primary contrasts apart.
+
+    The effects named in ``primary`` were declared before the data were seen; each is
+    tested at ``alpha`` on its own. The other ``m`` effects form the family. With their
+    p-values sorted, ``p_(1) <= ... <= p_(m)``, the adjusted p-value of the ``i``-th is
+    ``min(1, max_{j <= i} (m - j + 1) p_(j))``, and an effect holds when its adjusted
+    p-value is at most ``alpha``. This keeps the probability of any false "holds" in
+    the family at most ``alpha`` whatever the dependence between the tests (Holm 1979,
+    "A simple sequentially rejective multiple test procedure", Scand. J. Statist. 6,
+    65-70). Ties keep their input order (the adjusted values are equal anyway).
+
+    Args:
+        p_values: ``{effect name: two-sided p-value}``, e.g. :attr:`Difference.p_value`
+            of each paired t test.
+        alpha: family-wise error rate, strictly between 0 and 1.
+        primary: names of the pre-declared primary contrasts (each must be in
+            ``p_values``).
+
+    Returns:
+        ``{effect name: HolmVerdict}`` in the order of ``p_values``.
+
+    Raises:
+        ValueError: a p-value is not a number in ``[0, 1]`` (NaN included: an effect
+            with one pair has no test), a primary name is not among the effects, or
+            ``alpha`` is not in ``(0, 1)``.
+    """
+    a = float(alpha)
+    if not 0.0 < a < 1.0:
+        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    p = {str(k): float(v) for k, v in p_values.items()}
+    for name, v in p.items():
+        if not 0.0 <= v <= 1.0:  # False for NaN too
+            raise ValueError(f"p-value of {name!r} must lie in [0, 1], got {v!r}")
+    prim = {str(x) for x in primary}
+    unknown = sorted(prim - set(p))
+    if unknown:
+        raise ValueError(f"primary contrasts {unknown} are not among the effects {sorted(p)}")
+    family = [k for k in p if k not in prim]
+    m = len(family)
+    adjusted: dict[str, float] = {}
+    running = 0.0
+    for rank, name in enumerate(sorted(family, key=lambda k: p[k])):
+        running = max(running, min(1.0, (m - rank) * p[name]))
+        adjusted[name] = running
+    out: dict[str, HolmVerdict] = {}
+    for name, v in p.items():
+        is_primary = name in prim
+        adj = v if is_primary else adjusted[name]
+        out[name] = HolmVerdict(
+            name=name,
+            p_value=v,
+            p_adjusted=adj,
+            primary=is_primary,
+            holds=bool(adj <= a),
+            family_size=1 if is_primary else m,
+            alpha=a,
+        )
+    return out
+
+
+# ------------------------------------------------------------------- power
+
+
+def _check_design(sd: float, n: int, alpha: float) -> tuple[float, int, float]:
+    s, k, a = float(sd), int(n), float(alpha)
+    if k != n or k < 2:
+        raise ValueError(f"n must be an integer of at least 2 pairs, got {n!r}")
+    if not (math.isfinite(s) and s >= 0.0):
+        raise ValueError(f"sd must be a finite number >= 0, got {sd!r}")
+    if not 0.0 < a < 1.0:
+        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    return s, k, a
+
+
+def paired_t_power(effect: float, sd: float, n: int, *, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t test over ``n`` pairs against a true mean
+    difference ``effect``, the per-pair differences having standard deviation ``sd``.
+
+    Exact, from the noncentral t distribution: with ``df = n - 1``,
+    ``t_c = t_{1 - alpha/2, df}`` and noncentrality ``nc = effect * sqrt(n) / sd``,
+    the power is ``P(T' > t_c) + P(T' < -t_c)`` for ``T' ~ nct(df, nc)`` (e.g. Cohen
+    1988, *Statistical Power Analysis for the Behavioral Sciences*, ch. 2).
+
+    Args:
+        effect: true mean difference, in the unit of ``sd`` (its sign does not matter).
+        sd: standard deviation of the per-pair differences (> 0).
+        n: number of pairs (>= 2).
+        alpha: two-sided level, in ``(0, 1)``.
+
+    Returns:
+        The probability of rejecting "mean difference = 0", in ``[alpha, 1]``.
+
+    Raises:
+        ValueError: ``sd <= 0`` or not finite, ``n < 2`` or ``alpha`` not in ``(0, 1)``.
+        ImportError: scipy is missing.
+    """
+    s, k, a = _check_design(sd, n, alpha)
+    if s == 0.0:
+        raise ValueError("sd must be > 0 for the power of a t test, got 0")
+    sps = _scipy_stats()
+    df = k - 1
+    tc = float(sps.t.ppf(1.0 - a / 2.0, df))
+    nc = abs(float(effect)) * math.sqrt(k) / s
+    upper = float(sps.nct.sf(tc, df, nc))
+    # The lower tail needs Z + nc < 0, so it is at most Phi(-nc); scipy's nct returns
+    # NaN or rounding noise there for large nc (df = 1), so it is capped by that bound.
+    lower = float(sps.nct.cdf(-tc, df, nc))
+    bound = float(sps.norm.cdf(-nc))
+    lower = bound if not math.isfinite(lower) else min(lower, bound)
+    if not math.isfinite(upper):
+        raise ValueError(f"no finite power for effect={effect!r}, sd={sd!r}, n={n!r}")
+    return upper + lower
+
+
+def minimum_detectable_effect(
+    sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """The smallest true mean difference a paired design detects with ``power``.
+
+    Solves :func:`paired_t_power` ``(effect, sd, n, alpha) = power`` for ``effect`` with
+    :func:`scipy.optimize.brentq` on the exact noncentral t power (not the normal
+    approximation ``(z_{1-alpha/2} + z_{power}) * sd / sqrt(n)``, which is far too
+    optimistic with few pairs: with 3 pairs the exact value is about twice it).
+    ``sd`` is meant to be the **observed** std of the per-seed differences, so the
+    result is itself uncertain with few seeds: it says what this design, with noise
+    of this size, could have told apart from zero.
+
+    Args:
+        sd: standard deviation (``ddof=1``) of the per-pair differences, any unit.
+        n: number of pairs (>= 2).
+        alpha: two-sided level of the test, in ``(0, 1)``.
+        power: required power, strictly between ``alpha`` and 1.
+
+    Returns:
+        The minimum detectable effect (>= 0), in the unit of ``sd``; ``0.0`` when
+        ``sd == 0`` (no noise: any nonzero difference is detected).
+
+    Raises:
+        ValueError: ``sd`` negative or not finite, ``n < 2``, ``alpha`` not in
+            ``(0, 1)``, or ``power`` not in ``(alpha, 1)``.
+        ImportError: scipy is missing.
+    """
+    s, k, a = _check_design(sd, n, alpha)
+    target = float(power)
+    if not a < target < 1.0:
+        raise ValueError(f"power must lie strictly between alpha={a} and 1, got {power!r}")
+    if s == 0.0:
+        return 0.0
+    from scipy.optimize import brentq
+
+    def gap(nc: float) -> float:  # in units of sd / sqrt(n)
+        return paired_t_power(nc, math.sqrt(k), k, alpha=a) - target
+
+    sps = _scipy_stats()
+    hi = float(sps.norm.ppf(1.0 - a / 2.0) + sps.norm.ppf(target))
+    while gap(hi) < 0.0:
+        hi *= 2.0
+    nc = brentq(gap, 0.0, hi, xtol=1e-12, rtol=1e-12, maxiter=500)
+    return float(nc) * s / math.sqrt(k)
+
+
+# -------------------------------------------------------------- DD-Ranking
+
+
+@dataclass(frozen=True)
+class LabelRobustScore:
+    """DD-Ranking's label-robust metrics of one evaluation, all fractions.
+
+    Attributes:
+        hlr: hard-label recovery, ``acc_real_hard - acc_syn_hard`` in ``[-1, 1]``
+            (lower is better: how far the set's images on hard labels are from the
+            real training set).
+        ior: improvement over random, ``acc_syn_any - acc_rdm_any`` in ``[-1, 1]``
+            (higher is better).
+        lrs: label-robust score in ``[0, 1]`` (multiply by 100 for DD-Ranking's %).
+        weight: the weight ``w`` of IOR (``1 - w`` is HLR's).
+    """
+
+    hlr: float
+    ior: float
+    lrs: float
+    weight: float
+
+
+def label_robust_score(
+    acc_real_hard: float,
+    acc_syn_hard: float,
+    acc_syn_any: float,
+    acc_rdm_any: float,
+    *,
+    weight: float = 0.5,
+) -> LabelRobustScore:
+    """DD-Ranking's hard-label recovery (HLR), improvement over random (IOR) and
+    label-robust score (LRS), from test accuracies as **fractions** in ``[0, 1]``.
+
+    Following Li et al. 2025, "DD-Ranking: Rethinking the Evaluation of Dataset
+    Distillation" (arXiv:2505.13300; the definitions are also on the project's
+    documentation, introduction page)::
+
+        HLR   = acc_real_hard - acc_syn_hard
+        IOR   = acc_syn_any  - acc_rdm_any
+        a     = w * IOR - (1 - w) * HLR          # in [-1, 1] for fractions
+        LRS   = (exp(a) - exp(-1)) / (exp(1) - exp(-1))   # in [0, 1]
+
+    The normalisation maps ``a = -1, 0, 1`` to ``0, 1/(1 + e), 1``; it needs ``a`` in
+    ``[-1, 1]``, i.e. accuracies as fractions. The released ``ddranking`` 0.2.0 code
+    (``ddranking/metrics/hard_label.py`` and ``soft_label.py``) forms HLR and IOR from
+    accuracies in percent (its ``accuracy`` returns ``100 * correct / n``) and feeds
+    them to ``np.exp`` unscaled, so its LRS is not on this scale and its scores are not
+    comparable with these (nor bounded by 1).
+
+    Args:
+        acc_real_hard: accuracy of a network trained on the real training set with hard
+            labels.
+        acc_syn_hard: accuracy of a network trained on the synthetic set with hard
+            labels (the argmax of its labels, for a soft-label set).
+        acc_syn_any: accuracy of the synthetic set under its own evaluation (its soft
+            labels, if it has them).
+        acc_rdm_any: accuracy of a random real subset of the same storage under the
+            same evaluation as ``acc_syn_any``.
+        weight: ``w`` in ``[0, 1]``; DD-Ranking's leaderboard uses 0.5.
+
+    Returns:
+        A :class:`LabelRobustScore` (fractions).
+
+    Raises:
+        ValueError: an accuracy is not a finite number in ``[0, 1]`` (the message names
+            the parameter; values above 1 are most likely percentages), or ``weight``
+            is not in ``[0, 1]``.
+    """
+    accs = {
+        "acc_real_hard": acc_real_hard,
+        "acc_syn_hard": acc_syn_hard,
+        "acc_syn_any": acc_syn_any,
+        "acc_rdm_any": acc_rdm_any,
+    }
+    vals: dict[str, float] = {}
+    for name, v in accs.items():
+        x = float(v)
+        if not 0.0 <= x <= 1.0:  # False for NaN too
+            hint = " (a percentage? pass fractions of the test set)" if x > 1.0 else ""
+            raise ValueError(f"{name} must be an accuracy in [0, 1], got {v!r}{hint}")
+        vals[name] = x
+    w = float(weight)
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"weight must lie in [0, 1], got {weight!r}")
+    hlr = vals["acc_real_hard"] - vals["acc_syn_hard"]
+    ior = vals["acc_syn_any"] - vals["acc_rdm_any"]
+    a = w * ior - (1.0 - w) * hlr
+    lrs = (math.exp(a) - math.exp(-1.0)) / (math.exp(1.0) - math.exp(-1.0))
+    return LabelRobustScore(hlr=hlr, ior=ior, lrs=lrs, weight=w)

@@ -15,7 +15,11 @@ import pytest
 from lsslib.stats import (
     CellSummary,
     Difference,
+    holm,
+    label_robust_score,
+    minimum_detectable_effect,
     paired_difference,
+    paired_t_power,
     seed_scores,
     summarise_cell,
 )
@@ -280,3 +284,193 @@ def test_t_interval_covers_the_true_mean_about_95_percent() -> None:
         covered += d.ci_low <= 0.0 <= d.ci_high
         assert d.significant == (not d.ci_low <= 0.0 <= d.ci_high)
     assert 0.93 <= covered / n_exp <= 0.97, covered
+
+
+# ------------------------------------------------------------ Holm's correction
+
+
+def test_holm_hand_worked_example() -> None:
+    # sorted: d 0.005, a 0.01, c 0.03, b 0.04 with m = 4:
+    #   4 * 0.005 = 0.02; 3 * 0.01 = 0.03; 2 * 0.03 = 0.06; 1 * 0.04 = 0.04 -> max(0.06, .04)
+    got = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
+    assert list(got) == ["a", "b", "c", "d"]  # input order kept
+    adj = {k: v.p_adjusted for k, v in got.items()}
+    assert adj == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02}, abs=1e-15)
+    assert {k for k, v in got.items() if v.holds} == {"a", "d"}
+    # uncorrected, all four are below 0.05: the correction is what removes b and c
+    assert all(v.p_value < 0.05 for v in got.values())
+    assert {v.family_size for v in got.values()} == {4}
+
+
+def test_holm_primary_contrasts_are_tested_alone() -> None:
+    p = {"primary": 0.04, "x": 0.01, "y": 0.02, "z": 0.5}
+    got = holm(p, primary={"primary"})
+    assert got["primary"].primary and got["primary"].holds  # 0.04 <= 0.05, no correction
+    assert got["primary"].p_adjusted == 0.04 and got["primary"].family_size == 1
+    # family of 3: 3 * 0.01 = 0.03, 2 * 0.02 = 0.04, 1 * 0.5 = 0.5
+    assert got["x"].p_adjusted == pytest.approx(0.03)
+    assert got["y"].p_adjusted == pytest.approx(0.04)
+    assert got["z"].p_adjusted == pytest.approx(0.5)
+    assert [got[k].holds for k in "xyz"] == [True, True, False]
+    # in the family instead, the primary would need 0.04 * ... and lose
+    assert not holm(p)["primary"].holds
+
+
+def test_holm_caps_at_one_and_honours_alpha() -> None:
+    got = holm({"a": 0.3, "b": 0.6}, alpha=0.1)
+    # 2 * 0.3 = 0.6; 1 * 0.6 = 0.6, and the running maximum keeps the order
+    assert got["a"].p_adjusted == pytest.approx(0.6) and got["b"].p_adjusted == pytest.approx(0.6)
+    # 3 * 0.4 = 1.2 is capped at 1; the later ones inherit the 1
+    capped = holm({"a": 0.4, "b": 0.45, "c": 0.9})
+    assert [capped[k].p_adjusted for k in "abc"] == [1.0, 1.0, 1.0]
+    assert holm({"a": 0.07}, alpha=0.1)["a"].holds
+    assert not holm({"a": 0.07}, alpha=0.05)["a"].holds
+
+
+def _closed_testing_holm(p: dict[str, float]) -> dict[str, float]:
+    """Holm from the closure principle, independently of the step-down formula: the
+    adjusted p of H_i is the largest Bonferroni p, min(1, |I| * min_I p), over every
+    intersection hypothesis I that contains i."""
+    from itertools import combinations
+
+    names = list(p)
+    out = {}
+    for i in names:
+        worst = 0.0
+        for k in range(1, len(names) + 1):
+            for sub in combinations(names, k):
+                if i in sub:
+                    worst = max(worst, min(1.0, k * min(p[j] for j in sub)))
+        out[i] = worst
+    return out
+
+
+def test_holm_equals_closed_testing_with_bonferroni_on_random_families() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        m = int(rng.integers(1, 8))
+        p = {f"e{i}": float(x) for i, x in enumerate(rng.uniform(0, 0.2, size=m) ** 2)}
+        got = {k: v.p_adjusted for k, v in holm(p).items()}
+        assert got == pytest.approx(_closed_testing_holm(p), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("p", "kw", "match"),
+    [
+        ({"a": math.nan}, {}, "p-value of 'a'"),
+        ({"a": 1.5}, {}, "p-value of 'a'"),
+        ({"a": 0.1}, {"primary": {"b"}}, "primary contrasts \\['b'\\]"),
+        ({"a": 0.1}, {"alpha": 0.0}, "alpha"),
+    ],
+)
+def test_holm_rejects_bad_input(p, kw, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        holm(p, **kw)
+
+
+# ------------------------------------------------------- minimum detectable effect
+
+
+def test_power_at_zero_effect_is_alpha() -> None:
+    for n in (2, 3, 10):
+        assert paired_t_power(0.0, 1.0, n) == pytest.approx(0.05, abs=1e-12)
+        assert paired_t_power(0.0, 2.0, n, alpha=0.01) == pytest.approx(0.01, abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 20])
+def test_mde_has_the_required_power(n) -> None:
+    for sd, alpha, power in ((1.0, 0.05, 0.8), (0.4, 0.05 / 9, 0.8), (2.5, 0.05, 0.9)):
+        m = minimum_detectable_effect(sd, n, alpha=alpha, power=power)
+        assert paired_t_power(m, sd, n, alpha=alpha) == pytest.approx(power, abs=1e-6)
+        assert paired_t_power(0.99 * m, sd, n, alpha=alpha) < power  # the smallest one
+
+
+def test_mde_approaches_the_normal_approximation_for_many_pairs() -> None:
+    z = 1.959963984540054 + 0.8416212335729143  # z_{0.975} + z_{0.8}
+    for n in (400, 2000):
+        approx = z * 1.7 / math.sqrt(n)
+        exact = minimum_detectable_effect(1.7, n)
+        assert exact > approx  # the t tail always costs something
+        assert exact == pytest.approx(approx, rel=2.5 / n)  # O(1/n) apart
+
+
+def test_mde_is_linear_in_sd_and_zero_without_noise() -> None:
+    m1 = minimum_detectable_effect(1.0, 3)
+    assert minimum_detectable_effect(0.25, 3) == pytest.approx(0.25 * m1, rel=1e-9)
+    assert minimum_detectable_effect(0.0, 3) == 0.0
+    # three pairs need far more than the normal approximation's 1.62 sd
+    assert 3.0 < m1 < 3.5
+
+
+def test_mde_of_three_pairs_by_simulation() -> None:
+    """Draw 3 paired differences with mean = the MDE, many times: the paired t test
+    (two-sided, 5 %) rejects in about 80 % of the draws."""
+    sd, n = 0.6, 3
+    m = minimum_detectable_effect(sd, n)
+    rng = np.random.default_rng(11)
+    d = rng.normal(m, sd, size=(200_000, n))
+    t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(n))
+    rejected = np.mean(np.abs(t) > T_975_DF2)
+    assert rejected == pytest.approx(0.8, abs=0.004)  # binomial se 0.0009
+
+
+@pytest.mark.parametrize(
+    ("args", "kw", "match"),
+    [
+        ((1.0, 1), {}, "n must be"),
+        ((1.0, 2.5), {}, "n must be"),
+        ((-1.0, 3), {}, "sd must be"),
+        ((math.nan, 3), {}, "sd must be"),
+        ((1.0, 3), {"alpha": 1.0}, "alpha"),
+        ((1.0, 3), {"power": 0.04}, "power"),
+        ((1.0, 3), {"power": 1.0}, "power"),
+    ],
+)
+def test_mde_rejects_bad_design(args, kw, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        minimum_detectable_effect(*args, **kw)
+
+
+# ------------------------------------------------------------------ DD-Ranking
+
+
+def test_label_robust_score_known_points() -> None:
+    e = math.e
+    # alpha = 0: LRS = (1 - 1/e) / (e - 1/e) = 1 / (1 + e)
+    mid = label_robust_score(0.6, 0.6, 0.3, 0.3)
+    assert (mid.hlr, mid.ior) == (0.0, 0.0)
+    assert mid.lrs == pytest.approx(1.0 / (1.0 + e), abs=1e-15)
+    # the extremes: alpha = +1 (syn perfect, random useless, real useless) and -1
+    assert label_robust_score(0.0, 1.0, 1.0, 0.0).lrs == pytest.approx(1.0, abs=1e-15)
+    assert label_robust_score(1.0, 0.0, 0.0, 1.0).lrs == pytest.approx(0.0, abs=1e-15)
+
+
+def test_label_robust_score_hand_computed() -> None:
+    # HLR = 0.43 - 0.38 = 0.05, IOR = 0.39 - 0.21 = 0.18, alpha = 0.5*0.18 - 0.5*0.05
+    got = label_robust_score(0.43, 0.38, 0.39, 0.21)
+    assert got.hlr == pytest.approx(0.05) and got.ior == pytest.approx(0.18)
+    a = 0.065
+    want = (math.exp(a) - math.exp(-1)) / (math.exp(1) - math.exp(-1))
+    assert got.lrs == pytest.approx(want, abs=1e-12)
+    assert got.lrs == pytest.approx(0.29751, abs=5e-6)  # (1.067159 - 0.367879) / 2.350402
+    # weight 1: IOR only; weight 0: HLR only
+    only_ior = label_robust_score(0.43, 0.38, 0.39, 0.21, weight=1.0).lrs
+    assert only_ior == pytest.approx((math.exp(0.18) - math.exp(-1)) / (math.e - math.exp(-1)))
+    only_hlr = label_robust_score(0.43, 0.38, 0.39, 0.21, weight=0.0).lrs
+    assert only_hlr == pytest.approx((math.exp(-0.05) - math.exp(-1)) / (math.e - math.exp(-1)))
+
+
+@pytest.mark.parametrize("name", ["acc_real_hard", "acc_syn_hard", "acc_syn_any", "acc_rdm_any"])
+def test_label_robust_score_refuses_percentages(name) -> None:
+    accs = {"acc_real_hard": 0.43, "acc_syn_hard": 0.38, "acc_syn_any": 0.39, "acc_rdm_any": 0.21}
+    accs[name] = 38.0
+    with pytest.raises(ValueError, match=f"{name} must be an accuracy in \\[0, 1\\].*percentage"):
+        label_robust_score(**accs)
+    accs[name] = math.nan
+    with pytest.raises(ValueError, match=name):
+        label_robust_score(**accs)
+
+
+def test_label_robust_score_rejects_bad_weight() -> None:
+    with pytest.raises(ValueError, match="weight"):
+        label_robust_score(0.4, 0.3, 0.3, 0.2, weight=1.5)
