@@ -12,8 +12,18 @@ Conventions (the book's "What makes it work" page states them too):
 - An **effect** is a difference between two cells **paired by seed** (the seeds share
   the expert draws' generator state only through the seed number; pairing removes the
   part of the noise that a seed's initial real images and DSA draws share across
-  cells), with a 95 % t interval (:func:`lsslib.stats.paired_difference`). An effect
-  *holds* when its interval excludes 0; otherwise it is *within the noise*.
+  cells), with a 95 % t interval (:func:`lsslib.stats.paired_difference`) and the
+  two-sided paired t test. The two :data:`PRIMARY_EFFECTS` are each tested at
+  :data:`ALPHA` on their own; the other effects form one family whose p-values are
+  Holm-corrected (:func:`lsslib.stats.holm`, family-wise :data:`ALPHA`). An effect
+  *holds* when its (adjusted) p-value is at most :data:`ALPHA`; otherwise it is *within
+  the noise*, reported with the minimum detectable effect at :data:`POWER`
+  (:func:`lsslib.stats.minimum_detectable_effect`, exact noncentral t, from the observed
+  std of the paired differences). The uncorrected verdict (95 % interval excludes 0)
+  stays beside it.
+- The **DD-Ranking metrics** (:func:`ddranking_table`) of every distilled cell: hard-label
+  recovery, improvement over random and label-robust score per seed
+  (:func:`lsslib.stats.label_robust_score`, on fractions).
 - The **best iteration** is chosen on a validation split of held-out training images
   (:func:`lsslib.data.validation_split`), never on the test set; the test-chosen
   ("peeking", as MTT reports) value is shown beside it only to measure the optimism.
@@ -35,7 +45,14 @@ from . import __version__, parameterisations, plots, profiles, report, stats
 from .artifacts import atomic_write_text
 from .results import EvalRecord, Results, read_json
 
-__all__ = ["StudyRecords", "study_tables", "EFFECTS"]
+__all__ = [
+    "StudyRecords",
+    "study_tables",
+    "EFFECTS",
+    "PRIMARY_EFFECTS",
+    "effects_table",
+    "ddranking_table",
+]
 
 #: The factorial's roles (profile ``study.factorial``).
 FACTORIAL = ("pixels_hard", "pixels_soft", "lowrank_hard", "lowrank_soft")
@@ -253,17 +270,45 @@ def _role_base(rec: StudyRecords, role: str) -> str | None:
     return s.get(role)
 
 
+#: The study's two questions, tested each at :data:`ALPHA` outside the Holm family: does
+#: the parameterisation itself beat pixels (at hard labels, so no label effect is mixed
+#: in), and does the method as a whole beat pixel MTT as published.
+PRIMARY_EFFECTS: frozenset[str] = frozenset(
+    {"low-rank vs pixels, hard labels", "LSS vs pixel MTT as published"}
+)
+#: Level of every test (per primary contrast; family-wise for the Holm family).
+ALPHA = 0.05
+#: Power at which the minimum detectable effect is given.
+POWER = 0.8
+
+_INTERACTION = "interaction: parameterisation effect with soft minus with hard labels"
+
+
 def effects_table(rec: StudyRecords) -> tuple[pd.DataFrame, list[stats.Difference]]:
     """The paired effects of :data:`EFFECTS` that the profile's cells allow, plus the
-    interaction of the factorial (difference of the two parameterisation effects)."""
-    rows, diffs = [], []
+    interaction of the factorial (difference of the two parameterisation effects).
+
+    Each row has the paired difference (pp) with its 95 % t and bootstrap intervals, the
+    paired t test's p, the uncorrected verdict, how it was tested (primary, or member
+    of the Holm family of the other effects), the Holm-adjusted p, the verdict after the
+    correction, a simultaneous interval (the 95 % t interval for a primary; for a family
+    member of ``m`` the Bonferroni t interval at level ``1 - ALPHA / m``, which covers all
+    ``m`` means at once with probability at least 95 %; Holm's later steps are less
+    strict than Bonferroni, so an effect can hold after Holm with this interval touching
+    0) and the minimum detectable effect (pp, power :data:`POWER`) both at
+    :data:`ALPHA` and at the level the effect was tested at (``ALPHA / m``, the
+    strictest step of Holm's procedure, for a family member of ``m``).
+
+    Returns:
+        ``(table, the paired differences in its row order)``.
+    """
+    found: list[tuple[str, str, str, stats.Difference]] = []
     for name, a, b, what in EFFECTS:
         ba, bb = _role_base(rec, a), _role_base(rec, b)
         if not ba or not bb:
             continue
         d = stats.paired_difference(ba, rec.scores(ba), bb, rec.scores(bb))
-        diffs.append(d)
-        rows.append(_effect_row(name, f"{ba} − {bb}", what, d))
+        found.append((name, f"{ba} − {bb}", what, d))
     f = rec.study.get("factorial") or {}
     if set(FACTORIAL) <= set(f):
         lh, ph, ls, ps = (
@@ -275,21 +320,48 @@ def effects_table(rec: StudyRecords) -> tuple[pd.DataFrame, list[stats.Differenc
         d = stats.paired_difference(
             "parameterisation effect, soft", soft_eff, "parameterisation effect, hard", hard_eff
         )
-        diffs.append(d)
-        rows.append(
-            _effect_row(
-                "interaction: parameterisation effect with soft minus with hard labels",
+        found.append(
+            (
+                _INTERACTION,
                 f"({f['lowrank_soft']} − {f['pixels_soft']}) − ({f['lowrank_hard']} − {f['pixels_hard']})",
                 "whether the low-rank gain depends on the labels",
                 d,
             )
         )
-    return pd.DataFrame(rows), diffs
+    tested = {n: d.p_value for n, _, _, d in found if math.isfinite(d.p_value)}
+    holm = stats.holm(tested, alpha=ALPHA, primary=PRIMARY_EFFECTS & set(tested))
+    rows = [_effect_row(n, cells, what, d, holm.get(n)) for n, cells, what, d in found]
+    return pd.DataFrame(rows), [d for *_, d in found]
 
 
-def _effect_row(name: str, cells: str, what: str, d: stats.Difference) -> dict[str, Any]:
+def _mde(d: stats.Difference, alpha: float) -> float:
+    """Minimum detectable effect (unit of the scores) of a paired difference's design."""
+    if d.n_pairs < 2:
+        return math.nan
+    sd = float(np.std(d.differences, ddof=1))
+    return stats.minimum_detectable_effect(sd, d.n_pairs, alpha=alpha, power=POWER)
+
+
+def _effect_row(
+    name: str, cells: str, what: str, d: stats.Difference, h: stats.HolmVerdict | None
+) -> dict[str, Any]:
     ci = f"[{d.ci_low:+.1f}, {d.ci_high:+.1f}]" if math.isfinite(d.ci_low) else "n/a"
     boot = f"[{d.boot_low:+.1f}, {d.boot_high:+.1f}]" if math.isfinite(d.boot_low) else "n/a"
+    if h is None:
+        tested_as, alpha_tested = "n/a", math.nan
+    elif h.primary:
+        tested_as, alpha_tested = "primary", ALPHA
+    else:
+        tested_as, alpha_tested = f"Holm family of {h.family_size}", ALPHA / h.family_size
+    mde_nominal = _mde(d, ALPHA)
+    mde_tested = _mde(d, alpha_tested) if math.isfinite(alpha_tested) else math.nan
+    sim = "n/a"
+    if math.isfinite(alpha_tested):  # Bonferroni over the family: level 1 - alpha / m
+        diffs = dict(zip(d.seeds, d.differences))
+        b = stats.paired_difference(
+            "a", diffs, "b", dict.fromkeys(diffs, 0.0), confidence=1 - alpha_tested
+        )
+        sim = f"[{b.ci_low:+.1f}, {b.ci_high:+.1f}]"
     return {
         "effect": name,
         "cells (a − b)": cells,
@@ -300,10 +372,97 @@ def _effect_row(name: str, cells: str, what: str, d: stats.Difference) -> dict[s
         "bootstrap CI (pp)": boot,
         "p (paired t)": f"{d.p_value:.3f}" if math.isfinite(d.p_value) else "n/a",
         "verdict": "holds" if d.significant else "within the noise",
+        "tested as": tested_as,
+        "Holm-adjusted p": f"{h.p_adjusted:.3f}" if h and not h.primary else "-",
+        "verdict after Holm": "n/a" if h is None else "holds" if h.holds else "within the noise",
+        "simultaneous 95 % CI (pp)": sim,
+        f"MDE at α {ALPHA:g} (pp)": _num(mde_nominal),
+        "MDE at the α tested (pp)": _num(mde_tested),
         "_mean": d.mean,
+        "_p": d.p_value,
         "_lo": d.ci_low,
         "_hi": d.ci_high,
     }
+
+
+def _real_hard_accuracy(rec: StudyRecords) -> tuple[float, str] | None:
+    """DD-Ranking's ``acc_real_hard`` at this scale: the experts' mean final test accuracy
+    (networks trained on the real training split with hard labels), as a fraction, with
+    a note on where it comes from; ``None`` where no buffer index is at hand."""
+    for path in (rec.res.buffer_json, rec.res.root / "buffer.json"):  # results, records
+        if path.is_file():
+            acc = read_json(path)["accuracy"]
+            finals = [float(v["test"][-1]) for v in acc.values()]
+            note = (
+                f"mean final test accuracy of the {len(finals)} experts "
+                "(a fixed 2,000-image test subset)"
+            )
+            return float(np.mean(finals)), note
+    return None
+
+
+def _mean_sd(v: Sequence[float], scale: float = 100.0) -> str:
+    x = np.asarray(v, dtype=np.float64) * scale
+    return _fmt(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan)
+
+
+def ddranking_table(rec: StudyRecords) -> pd.DataFrame:
+    """DD-Ranking's label-robust metrics of every distilled cell, per seed, on fractions.
+
+    For each cell and seed (:func:`lsslib.stats.label_robust_score`, weight 0.5):
+    ``acc_syn_hard`` is the cell on hard labels (its argmax evaluation for a soft-label
+    set), ``acc_syn_any`` the cell under its own labels, ``acc_rdm_any`` the same seed's
+    random real images under the same kind of labels (hard, or the experts' soft labels
+    for a soft-label cell), and ``acc_real_hard`` the experts' test accuracy
+    (:func:`_real_hard_accuracy`; HLR and LRS are "n/a" without it). Mean ± sample std
+    (ddof 1) over seeds, in pp for HLR and IOR and in % for LRS.
+
+    Returns:
+        One row per cell whose records allow the metrics; empty without a random-real
+        baseline.
+    """
+    s = rec.study
+    real = s.get("real")
+    if not real:
+        return pd.DataFrame()
+    order = [s["factorial"][r] for r in FACTORIAL if r in s.get("factorial", {})]
+    order += [s[k] for k in ("published", "strict") if s.get(k)]
+    ref = _real_hard_accuracy(rec)
+    rows = []
+    for base in order:
+        soft = bool((rec.run_meta(base) or {})["config"]["distill"]["soft_labels"])
+        syn_hard = _eval_base(rec, base, "hard") if soft else base
+        rdm_any = _eval_base(rec, real, "expert") if soft else real
+        if not syn_hard or not rdm_any:
+            continue
+        sh, sa, ra = (
+            {k: v / 100.0 for k, v in rec.scores(b).items()} for b in (syn_hard, base, rdm_any)
+        )
+        seeds = sorted(set(sh) & set(sa) & set(ra))
+        ior = [sa[k] - ra[k] for k in seeds]
+        if ref is not None:
+            got = [stats.label_robust_score(ref[0], sh[k], sa[k], ra[k]) for k in seeds]
+            hlr, lrs = [g.hlr for g in got], [g.lrs for g in got]
+        rows.append(
+            {
+                "cell": base,
+                "labels": "learned soft" if soft else "hard",
+                "syn-hard": syn_hard,
+                "random real, same labels": rdm_any,
+                "seeds": len(seeds),
+                "real-hard (%)": _num(100 * ref[0]) if ref else "n/a",
+                "HLR (pp), ± over seeds": _mean_sd(hlr) if ref else "n/a",
+                "IOR (pp), ± over seeds": _mean_sd(ior),
+                "LRS (%), ± over seeds": _mean_sd(lrs) if ref else "n/a",
+                "LRS per seed (%)": ", ".join(f"{100 * x:.1f}" for x in lrs) if ref else "n/a",
+                "real-hard from": ref[1] if ref else "no buffer index",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _num(x: float, digits: int = 1) -> str:
+    return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
 
 
 def best_iteration_table(rec: StudyRecords) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -412,18 +571,57 @@ def _net_text(p: Mapping[str, Any]) -> str:
 
 
 def findings_markdown(effects: pd.DataFrame, seeds: Sequence[int]) -> str:
-    """The effects in sentences generated from the numbers (the book includes them)."""
+    """The effects in sentences generated from the numbers (the book includes them):
+    each verdict after Holm's correction, the minimum detectable effect of every effect
+    within the noise, and how many would hold with the primary contrasts in the family.
+    """
+    rows = effects.to_dict("records")
+    prim = [d["effect"] for d in rows if d["tested as"] == "primary"]
+    m = len(rows) - len(prim)
     lines = [
         f"Measured over {len(seeds)} distillation seeds ({', '.join(map(str, seeds))}); "
-        "each difference is paired by seed, with a 95 % t interval. "
-        "A difference *holds* when its interval excludes 0.",
+        "each difference is paired by seed, with a 95 % t interval and a two-sided "
+        f"paired t test. The primary contrasts ({', '.join(f'*{p}*' for p in prim)}) are "
+        f"each tested at α = {ALPHA:g}; the other {m} effects form one family, corrected "
+        f"with Holm's step-down procedure at a family-wise α = {ALPHA:g}. A difference "
+        f"*holds* when its p-value (Holm-adjusted in the family) is at most {ALPHA:g}; "
+        "otherwise it is *within the noise*, given with its minimum detectable effect "
+        f"(MDE): the smallest true difference this design detects with {POWER * 100:g} % power, "
+        "from the observed spread of the paired differences (exact noncentral t), at the "
+        f"level the effect was tested at (α/{m} in the family), with the MDE at an "
+        f"uncorrected α = {ALPHA:g} beside it. A family member that holds is given with its "
+        f"simultaneous 95 % interval (Bonferroni, level 1 − α/{m}).",
         "",
     ]
-    for d in effects.to_dict("records"):
-        lines.append(
+    for d in rows:
+        head = (
             f"- **{d['effect']}** ({d['cells (a − b)']}): {d['difference (pp)']} pp, 95 % CI "
-            f"{d['95 % t CI (pp)']}, {d['verdict']}."
+            f"{d['95 % t CI (pp)']}, p {d['p (paired t)']}"
         )
+        if d["tested as"] == "primary":
+            head += f" (primary): {d['verdict after Holm']}"
+        else:
+            head += f", Holm-adjusted p {d['Holm-adjusted p']}: {d['verdict after Holm']}"
+            if d["verdict after Holm"] != d["verdict"]:
+                head += f" after the correction ({d['verdict']} uncorrected)"
+            elif d["verdict after Holm"] == "holds":
+                head += f", simultaneous 95 % CI {d['simultaneous 95 % CI (pp)']}"
+        if d["verdict after Holm"] != "holds":
+            head += (
+                f"; MDE {d['MDE at the α tested (pp)']} pp "
+                f"({d[f'MDE at α {ALPHA:g} (pp)']} pp uncorrected)"
+            )
+        lines.append(head + ".")
+    p_all = {d["effect"]: d["_p"] for d in rows if math.isfinite(d["_p"])}
+    if p_all and prim:
+        held = [k for k, v in stats.holm(p_all, alpha=ALPHA).items() if v.holds]
+        lines += [
+            "",
+            f"Were the primary contrasts in the family too (all {len(p_all)} effects "
+            f"Holm-corrected together), {len(held)} would hold"
+            + (": " + ", ".join(f"*{k}*" for k in held) if held else "")
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -432,8 +630,8 @@ def study_tables(
 ) -> dict[str, pd.DataFrame]:
     """Write the study's tables, figure and generated findings into ``out_dir``.
 
-    Writes ``cells``, ``effects``, ``best_iteration``, ``best_iteration_seeds`` and
-    ``crossarch`` (``.csv`` + ``.md``), ``effects.png``, ``findings.md`` (the effects in
+    Writes ``cells``, ``effects``, ``ddranking``, ``best_iteration``,
+    ``best_iteration_seeds`` and ``crossarch`` (``.csv`` + ``.md``), ``effects.png``, ``findings.md`` (the effects in
     sentences) and ``study_info.md`` (the run's provenance box).
 
     Returns:
@@ -453,6 +651,7 @@ def study_tables(
     tables = {
         "cells": cells,
         "effects": effects,
+        "ddranking": ddranking_table(rec),
         "best_iteration": best,
         "best_iteration_seeds": best_detail,
         "crossarch": xa,

@@ -4,6 +4,7 @@ profile expansion with seeds and further evaluations, the study's tables."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ import torch
 
 from lsslib import data as data_mod
 from lsslib import evaluate, profiles, stages
+from lsslib import study as study_mod
 from lsslib.config import DistillConfig, EvalConfig, ModelConfig
 from lsslib.data import class_balanced_indices, class_balanced_split, load_data, validation_split
 from lsslib.distill import Distiller
 from lsslib.results import EvalRecord, RunPaths
+from lsslib.stats import minimum_detectable_effect
 from lsslib.synset import load_synset
 
 TINY = {"net_depth": 2, "net_width": 4}
@@ -384,3 +387,112 @@ def test_study_tables_give_the_paired_effects_of_known_records(tmp_path):
     assert (tmp_path / "out" / "effects.png").is_file()
     findings = (tmp_path / "out" / "findings.md").read_text()
     assert "**low-rank vs pixels, hard labels** (lr_hard − px_hard): +3.0 pp" in findings
+
+
+def _atan_p(t: float) -> float:
+    """Two-sided p of Student's t with 1 degree of freedom (Cauchy): 1 - 2 atan|t| / pi."""
+    return 1.0 - 2.0 * math.atan(abs(t)) / math.pi
+
+
+def test_effects_are_holm_corrected_with_their_mde(tmp_path):
+    """Two seeds; every effect is a constant difference (p ~ 0) except three in the
+    family, whose paired differences spread by 0.2 pp (se 0.1 pp): soft labels on
+    pixels (+2.0, +2.2: t = 21), low-rank vs pixels with soft labels (+4.0, +3.8:
+    t = 39) and the interaction (+1.0, +0.8: t = 9). All three hold uncorrected only
+    for the first two; Holm multiplies the 6th, 7th and 8th smallest of the 9 family
+    p-values by 4, 3 and 2, and none of them holds after it."""
+    base = {"px_hard": 0.30, "lr_hard": 0.33, "lss": 0.36, "mtt": 0.29}
+
+    def acc(name, seed, net):
+        b = name.split("-it")[0]
+        if b == "px_soft":
+            return 0.30 + 0.01 * seed + 0.020 + 0.002 * seed
+        return base.get(b, 0.2) + 0.01 * seed
+
+    _fake_records(tmp_path / "res", acc)
+    tables = study_mod.study_tables(tmp_path / "res", "smoke_study", tmp_path / "out")
+    eff = tables["effects"].set_index("effect")
+    primary = eff.loc["low-rank vs pixels, hard labels"]
+    assert primary["tested as"] == "primary" and primary["Holm-adjusted p"] == "-"
+    assert primary["verdict after Holm"] == "holds"
+    assert eff.loc["LSS vs pixel MTT as published", "tested as"] == "primary"
+
+    p_soft_lr, p_soft_px, p_inter = _atan_p(39), _atan_p(21), _atan_p(9)
+    assert (p_soft_lr, p_soft_px, p_inter) == pytest.approx((0.01632, 0.03029, 0.07045), abs=5e-5)
+    lr = eff.loc["low-rank vs pixels, soft labels"]
+    assert lr["tested as"] == "Holm family of 9"
+    assert lr["verdict"] == "holds" and lr["verdict after Holm"] == "within the noise"
+    assert lr["Holm-adjusted p"] == f"{4 * p_soft_lr:.3f}" == "0.065"
+    px = eff.loc["soft vs hard labels, pixels"]
+    assert px["verdict"] == "holds" and px["verdict after Holm"] == "within the noise"
+    assert px["Holm-adjusted p"] == f"{3 * p_soft_px:.3f}" == "0.091"
+    inter = eff.loc["interaction: parameterisation effect with soft minus with hard labels"]
+    assert inter["Holm-adjusted p"] == f"{2 * p_inter:.3f}" == "0.141"
+    assert eff.loc["expert soft labels vs hard, random real", "Holm-adjusted p"] == "1.000"
+    assert eff.loc["soft vs hard labels, low-rank", "verdict after Holm"] == "holds"
+    # Bonferroni over 9 with one degree of freedom: t = tan(pi (0.5 - 0.05 / 18)) = 114.59,
+    # so 2.1 +- 11.46 pp; a primary keeps its 95 % t interval
+    t_bonf = math.tan(math.pi * (0.5 - 0.05 / 18))
+    assert t_bonf == pytest.approx(114.59, abs=0.01)
+    assert (
+        px["simultaneous 95 % CI (pp)"] == f"[{2.1 - t_bonf * 0.1:+.1f}, {2.1 + t_bonf * 0.1:+.1f}]"
+    )
+    assert px["simultaneous 95 % CI (pp)"] == "[-9.4, +13.6]"
+    assert primary["simultaneous 95 % CI (pp)"] == primary["95 % t CI (pp)"]
+
+    # MDE: two pairs with sd 0.2 / sqrt 2 pp; at alpha 0.05 the noncentrality needed is
+    # 16.33 (checked in test_stats), so 16.33 * sd / sqrt(2) = 1.63 pp
+    sd = 0.2 / math.sqrt(2)
+    assert px["MDE at α 0.05 (pp)"] == "1.6"
+    want = minimum_detectable_effect(sd, 2, alpha=0.05 / 9)
+    assert px["MDE at the α tested (pp)"] == f"{want:.1f}"
+    assert float(px["MDE at the α tested (pp)"]) > 5 * 1.6  # alpha / 9 with df 1 costs a lot
+    assert primary["MDE at α 0.05 (pp)"] == primary["MDE at the α tested (pp)"] == "0.0"
+
+    findings = (tmp_path / "out" / "findings.md").read_text()
+    assert "the other 9 effects form one family" in findings
+    assert (
+        "**soft vs hard labels, pixels** (px_soft − px_hard): +2.1 pp, 95 % CI [+0.8, +3.4], "
+        "p 0.030, Holm-adjusted p 0.091: within the noise after the correction (holds "
+        f"uncorrected); MDE {want:.1f} pp (1.6 pp uncorrected)."
+    ) in findings
+    assert "**low-rank vs pixels, hard labels** (lr_hard − px_hard): +3.0 pp" in findings
+    assert "(primary): holds." in findings
+    csv = (tmp_path / "out" / "effects.csv").read_text()
+    assert "verdict after Holm" in csv and "_p" not in csv.splitlines()[0].split(",")
+
+
+def test_ddranking_metrics_of_known_records(tmp_path):
+    """Real-hard accuracy 0.42 (two experts, 0.40 and 0.44 at the end); every cell gains
+    1 pp per seed, so HLR falls by 1 pp per seed while IOR stays constant."""
+    base = {"px_hard": 0.30, "lr_hard": 0.33, "lss": 0.36, "mtt": 0.29}
+
+    def acc(name, seed, net):
+        return base.get(name.split("-it")[0], 0.2) + 0.01 * seed
+
+    _fake_records(tmp_path / "res", acc)
+    rec = study_mod.StudyRecords(tmp_path / "res", "smoke_study")
+    no_buffer = study_mod.ddranking_table(rec).set_index("cell")
+    assert no_buffer.loc["lss", "IOR (pp), ± over seeds"] == "16.0 ± 0.0"
+    assert no_buffer.loc["lss", "LRS (%), ± over seeds"] == "n/a"
+
+    (tmp_path / "res" / "buffers").mkdir()
+    experts = {"0": {"test": [0.1, 0.40]}, "1": {"test": [0.1, 0.44]}}
+    (tmp_path / "res" / "buffers" / "buffer.json").write_text(json.dumps({"accuracy": experts}))
+    dd = study_mod.ddranking_table(rec).set_index("cell")
+    # smoke_study evaluates only lss on its argmax: px_soft and lss_strict have no syn-hard
+    assert set(dd.index) == {"px_hard", "lr_hard", "lss", "mtt"}
+    lss = dd.loc["lss"]
+    assert (lss["syn-hard"], lss["random real, same labels"]) == ("lss_hard", "random_real_expert")
+    assert lss["real-hard (%)"] == "42.0"
+    # HLR per seed: 0.42 - 0.20 = 0.22, 0.42 - 0.21 = 0.21 -> 21.5 ± 0.7 pp
+    assert lss["HLR (pp), ± over seeds"] == "21.5 ± 0.7"
+    # alpha = 0.5 * 0.16 - 0.5 * HLR = -0.03, -0.025
+    lrs = [(math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1)) for a in (-0.03, -0.025)]
+    assert lrs == pytest.approx([0.256368, 0.258437], abs=1e-6)
+    assert lss["LRS per seed (%)"] == "25.6, 25.8"
+    assert lss["LRS (%), ± over seeds"] == "25.7 ± 0.1"
+    px = dd.loc["px_hard"]
+    assert (px["syn-hard"], px["random real, same labels"]) == ("px_hard", "random_real")
+    assert px["IOR (pp), ± over seeds"] == "10.0 ± 0.0"
+    assert px["HLR (pp), ± over seeds"] == "11.5 ± 0.7"
