@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -49,7 +51,9 @@ NORMALISATIONS = ("zca", "meanstd", "none")
 NORMS = ("instancenorm", "batchnorm", "none")
 POOLINGS = ("avgpool", "maxpool", "none")
 SCHEDULES = ("fixed", "linear", "stair")
-GRAD_MODES = ("unrolled", "checkpointed", "tesla")
+GRAD_MODES = ("unrolled", "checkpointed", "tesla", "sharded")
+#: The environment variables of torch's ``env://`` rendezvous (set by ``torchrun``).
+RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
 INITS = ("real", "noise")
 DSA_FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
@@ -282,7 +286,9 @@ class DistillConfig(_Params):
         dsa_strategy: DSA families joined by ``_``.
         distill_seed: seed of the run.
         grad_mode: ``unrolled`` (keep the graph, as MTT), ``checkpointed`` (exact,
-            recompute one inner step at a time), ``tesla`` (constant memory, approximate).
+            recompute one inner step at a time), ``tesla`` (constant memory, approximate),
+            ``sharded`` (``checkpointed`` with each step's batch split over the ranks of a
+            ``torch.distributed`` group, :mod:`lsslib.sharded`; see :meth:`check_sharding`).
         checkpoint_every: write a resumable checkpoint every this many iterations.
         max_batch_syn: upper bound on the synthetic batch (memory guard; PAPER.md 2.11).
     """
@@ -405,7 +411,8 @@ class DistillConfig(_Params):
             ValueError: the unit's rules (e.g. rank r >= image side); a budget too small
                 for one image per class; a target epoch ``max_start_epoch - 1 +
                 expert_epochs`` beyond the buffer's epochs; ``batch_syn`` larger than the
-                synthetic set.
+                synthetic set; under ``grad_mode='sharded'`` with a known world size (a
+                process group or a rendezvous), more ranks than images per inner step.
         """
         unit = parameterisations.get(self.parameterisation)
         unit.check(
@@ -436,6 +443,8 @@ class DistillConfig(_Params):
         total = n * num_classes
         if self.batch_syn is not None and self.batch_syn > total:
             _fail("batch_syn", self.batch_syn, f"at most the synthetic set size {total} (or None)")
+        if self.grad_mode == "sharded" and _world_size() is not None:
+            self.check_sharding(set_size=total)
         if self.batch_syn is None and total > self.max_batch_syn:
             _fail(
                 "batch_syn",
@@ -443,6 +452,66 @@ class DistillConfig(_Params):
                 f"an explicit bound: the set has {total} images, more than max_batch_syn={self.max_batch_syn}",
             )
         return lay
+
+    def check_sharding(self, world_size: int | None = None, *, set_size: int | None = None) -> int:
+        """The rules of ``grad_mode='sharded'`` that need the process group, checked
+        before any data is loaded (a no-op returning 1 for the other modes).
+
+        Not part of ``__post_init__``: a sharded run's configuration is read back in
+        single processes (summaries, evaluation), where no process group exists.
+
+        Args:
+            world_size: ranks sharing each inner step (``None``: the initialised
+                ``torch.distributed`` group's, else ``$WORLD_SIZE`` of a ``torchrun``
+                rendezvous).
+            set_size: synthetic images N, the batch when ``batch_syn`` is ``None``
+                (``None``: not known yet, that bound is skipped).
+
+        Returns:
+            The world size.
+
+        Raises:
+            ValueError: ``grad_mode='sharded'`` with no process group and no rendezvous
+                (:data:`RENDEZVOUS_ENV`) in the environment; ``world_size`` < 1, or larger
+                than ``batch_syn`` (each rank needs at least one image per inner step).
+        """
+        if self.grad_mode != "sharded":
+            return 1
+        if world_size is None:
+            world_size = _world_size()
+        if world_size is None:
+            missing = [k for k in RENDEZVOUS_ENV if not os.environ.get(k)]
+            _fail(
+                "grad_mode",
+                self.grad_mode,
+                "'sharded' only in an initialised torch.distributed process group or under "
+                f"torchrun (the env:// rendezvous needs {', '.join(RENDEZVOUS_ENV)}; missing "
+                f"{', '.join(missing)}); otherwise one of 'unrolled', 'checkpointed', 'tesla'",
+            )
+        check_range("world_size", world_size, lo=1, integer=True)
+        batch = self.batch_syn if self.batch_syn is not None else set_size
+        if batch is not None and world_size > batch:
+            what = f"batch_syn={batch}" if self.batch_syn is not None else f"the set size {batch}"
+            _fail(
+                "world_size",
+                world_size,
+                f"at most {what} (each rank needs at least one synthetic image per inner step)",
+            )
+        return world_size
+
+
+def _world_size() -> int | None:
+    """The world size of an initialised process group, else of a complete ``env://``
+    rendezvous, else ``None``; without importing torch (no group exists before it is)."""
+    td = sys.modules.get("torch.distributed")
+    if td is not None and td.is_available() and td.is_initialized():
+        return int(td.get_world_size())
+    if all(os.environ.get(k) for k in RENDEZVOUS_ENV):
+        try:
+            return int(os.environ["WORLD_SIZE"])
+        except ValueError:
+            _fail("WORLD_SIZE", os.environ["WORLD_SIZE"], "an integer (the number of ranks)")
+    return None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ module runs them: every ``checkpoint_every`` iterations it writes a checkpoint
 from it; it appends one row per iteration to ``log.csv``; a non-finite loss or
 gradient, or a syn_lr that an update makes non-positive, stops the run with
 :class:`NumericalFault` and leaves the last good checkpoint. Where each file lives is
-:class:`lsslib.results.RunPaths`.
+:class:`lsslib.results.RunPaths`. Under ``grad_mode='sharded'`` every rank of the process
+group (:mod:`lsslib.sharded`) runs the same iterations on the same set; rank 0 alone
+holds the folder and writes, every rank reads the checkpoint to resume.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .matching import matching_loss
 from .parameterisations import Labels, Layout, SynSet
 from .plan import make_plan, plan_to, sample_start_epoch
 from .results import RunPaths
+from .sharded import barrier, ensure_process_group, is_writer
 from .synset import build_synset, init_soft_labels, save_synset
 
 __all__ = ["NumericalFault", "Distiller"]
@@ -100,7 +103,9 @@ class Distiller:
     Raises:
         ValueError: ``out_dir`` is an existing file; invalid cross-field parameters
             (rank vs image side, budget, start epochs vs the buffer's epochs, batch_syn
-            vs the set size).
+            vs the set size); ``grad_mode='sharded'`` without a process group or a
+            ``torchrun`` rendezvous, or with more ranks than images per inner step
+            (:meth:`lsslib.config.DistillConfig.check_sharding`).
         BufferMismatch: the buffer belongs to another model (naming every differing
             field), dataset or normalisation.
         LockBusy: another process writes into ``out_dir``.
@@ -141,6 +146,11 @@ class Distiller:
         self.spec = buffer.spec
         buffer.check_compatible(data_cfg, self.spec)
         self.layout: Layout = layout
+        self._writer = True  # the process that writes the run's files
+        if cfg.grad_mode == "sharded":
+            cfg.check_sharding(set_size=layout.images_per_class * k)
+            ensure_process_group(self.device)
+            self._writer = is_writer()
         self.generator = torch.Generator().manual_seed(cfg.distill_seed)
         last_expert = buffer.trajectory(0, self.device)[-1]
         self.synset: SynSet = build_synset(
@@ -182,12 +192,15 @@ class Distiller:
         one_ckpt = tensors_bytes(self._state_tensors())
         one_syn = tensors_bytes(self.synset.tensors())
         outputs = {"checkpoint": (one_ckpt, 2), "synset": (one_syn, 1)}
-        check_outputs_fit(self.out_dir, outputs, what="distillation run")
-        self._lock = hold_folder(self.out_dir, param="out_dir", stage="distillation")
+        self._lock = None
+        if self._writer:
+            check_outputs_fit(self.out_dir, outputs, what="distillation run")
+            self._lock = hold_folder(self.out_dir, param="out_dir", stage="distillation")
         try:
             self._resume()
         except BaseException:
-            self._lock.release()  # a refused resume does not keep the folder
+            if self._lock is not None:
+                self._lock.release()  # a refused resume does not keep the folder
             raise
 
     # ------------------------------------------------------------------ state
@@ -201,7 +214,10 @@ class Distiller:
         return t
 
     def checkpoint(self) -> Path:
-        """Write ``checkpoint.safetensors/.json`` atomically (the resume point)."""
+        """Write ``checkpoint.safetensors/.json`` atomically (the resume point; rank 0 only)."""
+        if not self._writer:
+            stem = self.paths.checkpoint
+            return stem.with_name(stem.name + ".json")
         path = save_artifact(
             self.paths.checkpoint,
             self._state_tensors(),
@@ -214,7 +230,9 @@ class Distiller:
 
     def _resume(self) -> None:
         stem = self.paths.checkpoint
-        clean_stale(stem)  # what a killed checkpoint write left behind
+        if self._writer:
+            clean_stale(stem)  # what a killed checkpoint write left behind
+        barrier()  # every rank reads what rank 0 left
         if not stem.with_suffix(".json").is_file():
             return
         t, meta = load_artifact(
@@ -244,7 +262,7 @@ class Distiller:
 
     def _write_log(self) -> None:
         """Rewrite ``log.csv`` atomically from the rows of the last checkpoint."""
-        if not self.log:
+        if not self.log or not self._writer:
             return
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(self.log[0]))
@@ -255,6 +273,8 @@ class Distiller:
     def _append_log(self, row: dict[str, Any]) -> None:
         """Append one iteration's row to ``log.csv`` so that a run can be followed live
         (rows past the last checkpoint are dropped again on resume)."""
+        if not self._writer:
+            return
         path = self.paths.log_csv
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.is_file()
@@ -389,9 +409,15 @@ class Distiller:
 
         Args:
             stem: where (default: the run's ``synset``; a snapshot's stem otherwise).
+
+        Under ``grad_mode='sharded'`` rank 0 writes and every rank returns once it has.
         """
-        return save_synset(
-            stem or self.paths.synset,
+        stem = stem or self.paths.synset
+        if not self._writer:
+            barrier()
+            return stem.with_name(stem.name + ".json")
+        path = save_synset(
+            stem,
             self.synset,
             self.labels,
             self.syn_lr,
@@ -406,3 +432,5 @@ class Distiller:
             normaliser=self.normaliser,
             class_names=self.class_names,
         )
+        barrier()
+        return path

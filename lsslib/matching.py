@@ -7,7 +7,9 @@ are peers over one plan and one inner step:
 
 * ``unrolled`` (:func:`unrolled_loss`) keeps the whole graph of the N steps (MTT);
 * ``checkpointed`` (:func:`checkpointed_loss`) is exact in the memory of one step;
-* ``tesla`` (:func:`lsslib.tesla.tesla_matching_loss`) is constant-memory and approximate.
+* ``tesla`` (:func:`lsslib.tesla.tesla_matching_loss`) is constant-memory and approximate;
+* ``sharded`` (:func:`lsslib.sharded.sharded_loss`) is ``checkpointed`` with each inner
+  step's batch split over the ranks of a ``torch.distributed`` process group.
 
 :data:`MODES` maps ``grad_mode`` to its function; :func:`matching_loss` dispatches.
 """
@@ -21,6 +23,7 @@ from torch import Tensor
 
 from .models import ConvNetSpec
 from .plan import InnerPlan, step_loss
+from .sharded import sharded_loss
 from .tesla import tesla_matching_loss
 
 __all__ = ["MODES", "unrolled_loss", "checkpointed_loss", "matching_loss"]
@@ -115,6 +118,7 @@ MODES: dict[str, Callable[..., Tensor]] = {
     "unrolled": unrolled_loss,
     "checkpointed": checkpointed_loss,
     "tesla": tesla_matching_loss,
+    "sharded": sharded_loss,
 }
 
 
@@ -140,7 +144,7 @@ def matching_loss(
         mode: a key of :data:`MODES`.
 
     Returns:
-        The loss (detached for ``checkpointed`` and ``tesla``, whose gradients are
+        The loss (detached for ``checkpointed``, ``tesla`` and ``sharded``, whose gradients are
         already accumulated into the leaves; call ``.backward()`` on it for ``unrolled``).
 
     Raises:
