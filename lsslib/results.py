@@ -307,3 +307,122 @@ def read_log(run: RunPaths) -> pd.DataFrame:
     if not run.log_csv.is_file():
         raise FileNotFoundError(f"{run.log_csv} is missing: run the distillation stage first")
     return pd.read_csv(run.log_csv)
+
+
+#: The file that marks a folder as a stage's artifact, and what that artifact is.
+ARTIFACT_MARKERS = {
+    "buffer.json": "an expert buffer",
+    "synset.json": "a distillation run",
+    "checkpoint.json": "a distillation run",
+    "metrics.json": "an evaluation",
+}
+
+#: What each stage writes into its output folder: ``file`` or ``folder`` per entry.
+STAGE_ENTRIES = {
+    "buffers": {"buffer.json": "file"},
+    "distill": {"synset.json": "file", "checkpoint.json": "file", "snapshots": "folder"},
+    "evaluate": {"metrics.json": "file"},
+}
+_OWN_KIND = {
+    "buffers": "an expert buffer",
+    "distill": "a distillation run",
+    "evaluate": "an evaluation",
+}
+
+
+def artifact_kind(folder: str | Path) -> str | None:
+    """What artifact ``folder`` holds (a value of :data:`ARTIFACT_MARKERS`), or ``None``."""
+    folder = Path(folder)
+    for marker, kind in ARTIFACT_MARKERS.items():
+        if (folder / marker).exists():
+            return kind
+    return None
+
+
+def check_path_kinds(name: str, path: str | Path, stage: str) -> None:
+    """Refuse, before any work, an output folder that is a file (or lies under one), and
+    a stage entry inside it of the wrong kind (``synset.json`` as a folder, ``snapshots``
+    as a file).
+
+    Raises:
+        ValueError: naming the parameter ``name``, the path and what is allowed.
+    """
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == path else f"lies under the file {p}"
+                raise ValueError(
+                    f"invalid parameter {name}={str(path)!r}: it {where}; allowed a folder "
+                    "(existing or to be made)"
+                )
+            break
+    for entry, want in STAGE_ENTRIES[stage].items():
+        e = path / entry
+        if e.exists() and e.is_dir() != (want == "folder"):
+            raise ValueError(
+                f"invalid parameter {name}={str(path)!r}: its {entry} is a "
+                f"{'folder' if e.is_dir() else 'file'}; allowed a {want} there (move it away)"
+            )
+
+
+def check_out_dir(
+    out_dir: str | Path,
+    stage: str,
+    *,
+    subject: str | Path | None = None,
+    baseline: str = "synset",
+    name: str = "out_dir",
+) -> None:
+    """Refuse an output folder that is, or lies inside, another artifact's folder.
+
+    A stage may write into a folder of its own kind (a run resumes, an evaluation of the
+    same subject is redone) and an evaluation may write inside the run it evaluates
+    (``RUN/eval``); nothing else. Also runs :func:`check_path_kinds`.
+
+    Args:
+        out_dir: the folder the stage would write.
+        stage: ``buffers``, ``distill`` or ``evaluate``.
+        subject: for ``evaluate``, the folder of the evaluated run (``None`` for a real
+            baseline).
+        baseline: for ``evaluate``, what is evaluated (``synset``, ``random_real``,
+            ``full``); a folder holding the record of another subject is refused.
+
+    Raises:
+        ValueError: naming ``name``, the folder, the artifact it would mix with, and
+            what is allowed.
+    """
+    check_path_kinds(name, out_dir, stage)
+    out = Path(out_dir).resolve()
+    own = artifact_kind(out)
+    if own is not None and own != _OWN_KIND[stage]:
+        raise ValueError(
+            f"invalid parameter {name}={str(out_dir)!r}: the folder holds {own}; allowed a "
+            f"folder of its own for {_OWN_KIND[stage]}"
+        )
+    home = Path(subject).resolve() if subject is not None else None
+    for parent in out.parents:
+        kind = artifact_kind(parent)
+        if kind is not None and parent != home:
+            raise ValueError(
+                f"invalid parameter {name}={str(out_dir)!r}: it lies inside {kind} ({parent}); "
+                f"allowed a folder outside every other artifact"
+            )
+    if stage == "evaluate" and own is not None:
+        _check_same_subject(name, out_dir, read_json(out / "metrics.json"), baseline, home)
+
+
+def _check_same_subject(
+    name: str, out_dir: str | Path, record: dict[str, Any], baseline: str, home: Path | None
+) -> None:
+    """An existing evaluation record may be redone only for the subject it evaluated."""
+    theirs = (
+        record.get("baseline"),
+        Path(record["source"]).resolve() if record.get("source") else None,
+    )
+    if theirs != (baseline, home):
+        what = f"{theirs[0]} {theirs[1] or ''}".strip()
+        raise ValueError(
+            f"invalid parameter {name}={str(out_dir)!r}: it holds the evaluation of {what}; "
+            f"allowed a folder of its own for {baseline} {home or ''}".rstrip()
+        )

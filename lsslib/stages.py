@@ -15,6 +15,7 @@ nothing is recomputed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import shutil
@@ -47,6 +48,8 @@ from .results import (
     EvalRecord,
     Results,
     RunPaths,
+    check_out_dir,
+    check_path_kinds,
     read_json,
     read_log,
     run_facts,
@@ -165,6 +168,100 @@ def _bar(total: int, desc: str, unit: str, initial: int = 0) -> tqdm:
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, mininterval=2.0)
 
 
+def main_run(profile: str | None, run: str | None = None) -> str:
+    """The run a stage works on: ``run`` if given, else the profile's main LSS run (its
+    ``main.lss`` role; ``lss_ipc1`` in the paper profiles, ``lss`` in the CPU ones).
+
+    Raises:
+        ValueError: neither ``run`` nor a profile to take it from.
+    """
+    if run is not None:
+        return run
+    if profile is None:
+        raise ValueError(
+            "invalid parameter run=None with profile=None: allowed a run name, or the "
+            "input and output folders given explicitly"
+        )
+    return profiles.load_profile(profile)["main"]["lss"]
+
+
+def default_eval_dir(
+    res: Results,
+    subject: str,
+    run: str | None,
+    *,
+    profile: str | None = None,
+    real_ipc: int = 1,
+    labels: str = "stored",
+    arch: str = "convnet",
+    iteration: int | None = None,
+) -> Path:
+    """Where an evaluation writes when no ``out_dir`` is given, derived from what it
+    evaluates, so that no two subjects share a record: a set's own evaluation in
+    ``runs/RUN/eval``, its variants in ``evals/RUN-labels-hard`` (and the like), a real
+    baseline in ``baselines/NAME`` under the profile's name for it (the pipeline's
+    folder) or ``random_real_ipcN`` / ``full``."""
+    tags = [f"labels-{labels}"] if labels != "stored" else []
+    tags += [f"arch-{arch}"] if arch != "convnet" else []
+    tags += [f"it{iteration}"] if iteration is not None else []
+    if subject == "synset":
+        name = main_run(profile, run)
+        return res.evaluation("-".join([name, *tags])).folder if tags else res.run(name).eval.folder
+    prof = profiles.load_profile(profile) if profile is not None else {}
+    for name, spec in (prof.get("baselines") or {}).items():
+        spec = spec or {}
+        if spec.get("kind") == subject and spec.get("real_ipc", real_ipc) == real_ipc and not tags:
+            return res.baseline(name).folder
+    name = subject if subject == "full" else f"{subject}_ipc{real_ipc}"
+    return res.baseline("-".join([name, *tags])).folder
+
+
+def _nearest(folder: Path, marker: str) -> str:
+    """The existing artifact folder nearest in spelling to a missing ``folder``."""
+    base = next((p for p in folder.parents if p.is_dir()), Path("."))
+    near = [c.name for c in base.iterdir() if (c / marker).is_file()] if base.is_dir() else []
+    close = difflib.get_close_matches(folder.name, near, n=1, cutoff=0.5)
+    return (
+        f"did you mean {str(base / close[0])!r}? "
+        if close
+        else f"(nearest existing folder: {base}) "
+    )
+
+
+def require_input(
+    name: str,
+    folder: str | Path,
+    marker: str,
+    *,
+    default: str | Path | None,
+    make_missing: bool | None,
+) -> bool:
+    """Whether the stage may make a missing input itself (the fresh-Colab path).
+
+    An input folder that holds ``marker`` is used as it is. A missing one is made only
+    when it is the profile's default location (``default``) or ``make_missing`` is
+    true; an explicitly named folder that does not exist is never silently built.
+
+    Returns:
+        ``False`` if the input exists, ``True`` if the stage is to make it.
+
+    Raises:
+        ValueError: naming the parameter, the missing folder and the nearest existing
+            one, when it is missing and may not be made.
+    """
+    folder = Path(folder)
+    if (folder / marker).is_file():
+        return False
+    at_default = default is not None and folder.resolve() == Path(default).resolve()
+    if make_missing or (make_missing is None and at_default):
+        return True
+    raise ValueError(
+        f"invalid parameter {name}={str(folder)!r}: no {marker} there; "
+        + _nearest(folder, marker)
+        + "allowed an existing folder, or make_missing=True to make it here"
+    )
+
+
 def buffers(
     params: Mapping[str, Any],
     buffer_dir: str | Path,
@@ -180,7 +277,12 @@ def buffers(
         buffer_dir: the buffer folder.
         device: the training device.
         real: the loaded data (``None``: loaded here).
+
+    Raises:
+        ValueError: an invalid parameter; a ``buffer_dir`` that is a file or lies inside
+            another artifact (:func:`lsslib.results.check_out_dir`).
     """
+    check_out_dir(buffer_dir, "buffers", name="buffer_dir")
     data_cfg, model_cfg, buffer_cfg = (cls.from_params(params) for cls in STAGE_CONFIGS["buffers"])
     real = real if real is not None else data.load_data(data_cfg, device)
     bar = _bar(buffer_cfg.num_experts * buffer_cfg.train_epochs, "expert epochs", "epoch")
@@ -245,6 +347,7 @@ def distill(
     profile: str | None = "cpu",
     real: data.RealData | None = None,
     snapshot_every: int | None = None,
+    make_missing: bool | None = None,
 ) -> DistillOutput:
     """Stage 2: one distillation run (resumed if a checkpoint exists) and its figures.
 
@@ -254,8 +357,13 @@ def distill(
     components, ``components.png`` into ``out_dir``; with ``snapshot_every``, also the
     set after every that many iterations (``snapshots/``, for the best iteration).
 
+    A missing buffer is trained here only at the profile's default location or with
+    ``make_missing=True`` (:func:`require_input`).
+
     Raises:
-        ValueError: an invalid parameter, ``snapshot_every`` < 1.
+        ValueError: an invalid parameter, ``snapshot_every`` < 1; an ``out_dir`` that is
+            a file, the buffer folder, or inside another artifact; a ``buffer_dir`` that
+            holds no buffer and may not be made.
     """
     if snapshot_every is not None:
         check_range("snapshot_every", snapshot_every, lo=1, integer=True)
@@ -263,6 +371,7 @@ def distill(
     shape = data_cfg.shape()
     if real is None and shape is not None:  # fail fast, before loading the data
         cfg.check_against(channels=shape[0], side=shape[1], num_classes=shape[2])
+    _check_distill_paths(buffer_dir, out_dir, profile, make_missing)
     real = real if real is not None else data.load_data(data_cfg, device)
     # the layout of this run, solved once from the data it distils and carried along
     lay = cfg.check_against(channels=real.channels, side=real.side, num_classes=real.num_classes)
@@ -307,6 +416,23 @@ def distill(
     return DistillOutput(run, loaded, paths)
 
 
+def _check_distill_paths(
+    buffer_dir: str | Path, out_dir: str | Path, profile: str | None, make_missing: bool | None
+) -> None:
+    """The distillation stage's folders, refused before any work when they conflict."""
+    if Path(out_dir).resolve() == Path(buffer_dir).resolve():
+        raise ValueError(
+            f"invalid parameter out_dir={str(out_dir)!r}: it is the buffer folder; allowed a "
+            "folder of its own for the run"
+        )
+    check_out_dir(out_dir, "distill")
+    check_path_kinds("buffer_dir", buffer_dir, "buffers")
+    default = Results.of(profile).buffers if profile is not None else None
+    require_input(
+        "buffer_dir", buffer_dir, "buffer.json", default=default, make_missing=make_missing
+    )
+
+
 def draw_set(loaded: LoadedSynSet, paths: RunPaths) -> None:
     """A set's image grid (``grid.png``) and its parameterisation's figure (``components.png``)."""
     px = loaded.images01()
@@ -340,6 +466,7 @@ def evaluate_set(
     iteration: int | None = None,
     val_per_class: int | None = None,
     real_seed: int | None = None,
+    make_missing: bool | None = None,
 ) -> EvalRecord:
     """Stage 3: meta-test accuracy of a synthetic set or of a baseline (PAPER.md 2.8).
 
@@ -372,13 +499,17 @@ def evaluate_set(
             per class (:func:`lsslib.data.validation_split`).
         real_seed: random real only: seed of the image draw (``None`` = ``eval_seed``);
             the study's distillation seeds use it.
+        make_missing: distil a missing synthetic set here even when ``synset_dir`` is
+            not the profile's main run folder (``None``: only there).
 
     Raises:
         ValueError: any bad argument, before any work: ``subject``, ``real_ipc``,
             ``labels`` (``expert`` only for random real, ``hard`` only for a synthetic
             set), ``arch``, ``iteration`` (only for a synthetic set), ``val_per_class``,
             ``real_seed``; a set distilled for another network (without ``cross_arch``)
-            or dataset.
+            or dataset; an ``out_dir`` that is a file, inside another artifact, or holding
+            the record of another subject; a ``synset_dir`` without a set that may not be
+            distilled here.
     """
     check_choice("baseline", subject, EVAL_SUBJECTS)
     check_range("real_ipc", real_ipc, lo=1, integer=True)
@@ -420,6 +551,7 @@ def evaluate_set(
         "val_per_class": val_per_class,
         "real_seed": real_seed,
     }
+    _check_eval_paths(subject, out_dir, synset_dir, iteration, profile, make_missing)
     with evaluate.claim_out_dir(out_dir):  # one writer, disk checked, before any work
         return _evaluate_set(
             data_cfg,
@@ -434,6 +566,32 @@ def evaluate_set(
             profile=profile,
             real=real,
             variant=variant,
+        )
+
+
+def _check_eval_paths(
+    subject: str,
+    out_dir: str | Path,
+    synset_dir: str | Path | None,
+    iteration: int | None,
+    profile: str | None,
+    make_missing: bool | None,
+) -> None:
+    """The evaluation stage's folders, refused before any work when they conflict."""
+    if subject != "synset":
+        check_out_dir(out_dir, "evaluate", baseline=subject)
+        return
+    if not synset_dir:
+        raise ValueError(
+            "invalid parameter synset_dir=None with baseline='synset': allowed a run folder"
+        )
+    check_out_dir(out_dir, "evaluate", subject=synset_dir, baseline="synset")
+    check_path_kinds("synset_dir", synset_dir, "distill")
+    if iteration is None:
+        res = Results.of(profile) if profile is not None else None
+        default = res.run(main_run(profile)).folder if res is not None else None
+        require_input(
+            "synset_dir", synset_dir, "synset.json", default=default, make_missing=make_missing
         )
 
 
@@ -672,6 +830,7 @@ def sweep(
     overrides: Mapping[Any, Mapping[str, Any]] | None = None,
     eval_overrides: Mapping[Any, Mapping[str, Any]] | None = None,
     profile: str | None = "cpu",
+    make_missing: bool | None = None,
 ) -> list[tuple[str, RunPaths]]:
     """The evaluated runs of an ablation: ``base`` with the swept parameter set to each
     value (plus that value's ``overrides``). A run whose artifacts exist with the same
@@ -684,6 +843,8 @@ def sweep(
         base, base_eval: flat distill and evaluate parameters of the base run.
         overrides: per value, further distill parameters (e.g. a smaller ``batch_syn``).
         eval_overrides: per value, further evaluate parameters.
+        make_missing: train a missing buffer in ``results_dir`` even when it is not the
+            profile's default results folder (:func:`require_input`).
 
     Returns:
         ``[(label, run)]`` in the order of ``values``.
@@ -720,7 +881,15 @@ def sweep(
             print(f"{key}={v}: no run with this configuration; distilling and evaluating it here")
             if real is None:
                 real = data.load_data(DataConfig.from_params(params), device)
-            distill(params, results.buffers, folder, device, profile=profile, real=real)
+            distill(
+                params,
+                results.buffers,
+                folder,
+                device,
+                profile=profile,
+                real=real,
+                make_missing=make_missing,
+            )
             evaluate_set(
                 eparams,
                 "synset",

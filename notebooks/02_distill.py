@@ -94,6 +94,7 @@ max_batch_syn: Optional[int] = None
 
 buffer_dir: Optional[str] = None  # None: results/<profile>/buffers
 out_dir: Optional[str] = None  # None: the run folder of lsslib.results
+make_missing: Optional[bool] = None  # train a missing buffer_dir here (None: only the default one)
 snapshot_every: Optional[int] = None  # also save the set every N iterations (best iteration)
 device: str = "cpu"
 
@@ -104,12 +105,18 @@ from lsslib.results import Results
 device = report.colab_device(device)  # in Colab: its GPU when one is attached
 params = stages.stage_parameters("distill", globals(), profile, run)  # fails fast on bad input
 res = Results.of(profile or "cpu")
-buffer_dir = buffer_dir or str(res.buffers)
-out_dir = out_dir or str(res.run(run or "lss").folder)
+buffer_dir = buffer_dir or str(res.buffers)  # a missing buffer is trained only there
+out_dir = out_dir or str(res.run(stages.main_run(profile, run)).folder)
 dev = report.pick_device(device, tf32=False)  # the unrolled loop stays in fp32 (PAPER.md 2.6)
 print(report.describe_device(dev))
 out = stages.distill(
-    params, buffer_dir, out_dir, dev, profile=profile, snapshot_every=snapshot_every
+    params,
+    buffer_dir,
+    out_dir,
+    dev,
+    profile=profile,
+    snapshot_every=snapshot_every,
+    make_missing=make_missing,
 )
 
 # %% [markdown]

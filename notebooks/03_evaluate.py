@@ -83,7 +83,8 @@ iteration: Optional[int] = None  # evaluate the set's snapshot after this many i
 val_per_class: Optional[int] = None  # also test on held-out training images (validation)
 synset_dir: Optional[str] = None  # None: the run folder of lsslib.results
 buffer_dir: Optional[str] = None  # None: results/<profile>/buffers
-out_dir: Optional[str] = None  # None: <synset_dir>/eval
+out_dir: Optional[str] = None  # None: from the subject (RUN/eval, baselines/NAME, evals/RUN-...)
+make_missing: Optional[bool] = None  # distil a missing synset_dir here (None: only the main run's)
 device: str = "cpu"
 
 # %%
@@ -93,8 +94,20 @@ from lsslib.results import Results
 device = report.colab_device(device)  # in Colab: its GPU when one is attached
 params = stages.stage_parameters("evaluate", globals(), profile, run)  # fails fast on bad input
 res = Results.of(profile or "cpu")
-synset_dir = synset_dir or str(res.run(run or "lss").folder)
-out_dir = out_dir or str(res.run(run or "lss").eval.folder)
+if baseline == "synset" and not synset_dir:
+    synset_dir = str(res.run(stages.main_run(profile, run)).folder)
+out_dir = out_dir or str(
+    stages.default_eval_dir(
+        res,
+        baseline,
+        run,
+        profile=profile,
+        real_ipc=real_ipc,
+        labels=labels,
+        arch=arch,
+        iteration=iteration,
+    )
+)  # derived from what is evaluated: a baseline never lands on a run's record
 dev = report.pick_device(device)
 print(report.describe_device(dev))
 record = stages.evaluate_set(
@@ -112,6 +125,7 @@ record = stages.evaluate_set(
     iteration=iteration,
     val_per_class=val_per_class,
     real_seed=real_seed,
+    make_missing=make_missing,
 )
 print(
     f"meta-test accuracy {report.fmt_acc(record.mean, record.std)} % over {len(record.result['accuracies'])} eval nets"

@@ -35,7 +35,10 @@ CASES = {
     ),
     "03_evaluate": (
         ["-p", "baseline", "random_real"],
-        ["results/smoke/runs/lss/eval/metrics.json", "results/smoke/runs/lss/eval/accuracy.md"],
+        [
+            "results/smoke/baselines/random_real/metrics.json",
+            "results/smoke/baselines/random_real/accuracy.md",
+        ],
     ),
     "04_ablation_rank": (
         ["-y", "ranks: [2, 4]"],

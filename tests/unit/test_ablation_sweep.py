@@ -91,7 +91,15 @@ def test_a_sweep_computes_only_the_missing_value(made, tmp_path, monkeypatch, ls
     monkeypatch.setattr(stages, "distill", counting)
     monkeypatch.setattr(stages.data, "load_data", lambda *_a, **_k: lss_tiny_data)
     runs = stages.sweep(
-        "rank", [1, 3], BASE, BASE_EVAL, made.root, tmp_path / "abl", CPU, profile=None
+        "rank",
+        [1, 3],
+        BASE,
+        BASE_EVAL,
+        made.root,
+        tmp_path / "abl",
+        CPU,
+        profile=None,
+        make_missing=True,  # no profile, so no default location: asked for explicitly
     )
     assert calls == [3]
     assert runs[0][1].folder.name == "r1"
