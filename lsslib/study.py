@@ -1,4 +1,4 @@
-"""The study of issue 12: what makes MTT-LSS work, from the records of a seeded profile.
+"""The study: what makes MTT-LSS work, from the records of a seeded profile.
 
 Reads only evaluation records (``metrics.json``) and set metadata of a profile with
 ``seeds`` and a ``study`` block (``lsslib/_profiles/study.yaml``); trains nothing.
