@@ -303,3 +303,32 @@ def check_set_matches(
             f"invalid parameter {where}: the set was distilled for {have_spec} on "
             f"{have_data!r}, this evaluation asks for {spec.to_dict()} on {data_cfg.dataset!r}"
         )
+    check_set_data(meta, data_cfg, where=where)
+
+
+#: The data parameters a set's images only mean something under (its pixel space).
+SET_DATA_KEYS = ("normalisation", "zca_eps", "zca_input")
+
+
+def check_set_data(meta: dict, data_cfg: DataConfig, *, where: str = "synset_dir") -> None:
+    """Refuse to evaluate a set under another pixel space than it was distilled in: its
+    images are ZCA-whitened (or normalised) values, and another normalisation would
+    train the networks on other data and test them on it too, silently.
+
+    Args:
+        meta: the synthetic set's metadata (``config.data``).
+
+    Raises:
+        ValueError: naming the parameter, the set's value and the value asked for.
+    """
+    have = meta["config"]["data"]
+    zca = data_cfg.normalisation == "zca"
+    for key in SET_DATA_KEYS:
+        if key != "normalisation" and not zca:
+            continue
+        if key in have and have[key] != getattr(data_cfg, key):
+            raise ValueError(
+                f"invalid parameter {key}={getattr(data_cfg, key)!r}: the set in {where} was "
+                f"distilled with {key}={have[key]!r}; allowed {have[key]!r} (leave it None to "
+                "take the set's)"
+            )

@@ -41,6 +41,7 @@ from .config import (
     check_range,
 )
 from .distill import Distiller
+from .models import ConvNetSpec
 from .parameterisations import real_storage
 from .results import (
     AblationPaths,
@@ -372,6 +373,7 @@ def distill(
     if real is None and shape is not None:  # fail fast, before loading the data
         cfg.check_against(channels=shape[0], side=shape[1], num_classes=shape[2])
     _check_distill_paths(buffer_dir, out_dir, profile, make_missing)
+    _check_against_buffer(buffer_dir, data_cfg, model_cfg, cfg)
     real = real if real is not None else data.load_data(data_cfg, device)
     # the layout of this run, solved once from the data it distils and carried along
     lay = cfg.check_against(channels=real.channels, side=real.side, num_classes=real.num_classes)
@@ -431,6 +433,29 @@ def _check_distill_paths(
     require_input(
         "buffer_dir", buffer_dir, "buffer.json", default=default, make_missing=make_missing
     )
+
+
+def _check_against_buffer(
+    buffer_dir: str | Path, data_cfg: DataConfig, model_cfg: ModelConfig, cfg: DistillConfig
+) -> None:
+    """Before the data is loaded: the network, the data's pixel space and the start and
+    expert epochs against an existing buffer's record (its JSON index only).
+
+    Raises:
+        ValueError: :class:`lsslib.experts.BufferMismatch` naming the buffer's value and
+            the one asked for; ``max_start_epoch`` beyond the buffer's epochs.
+    """
+    if not (Path(buffer_dir) / "buffer.json").is_file():
+        return
+    buffer = experts.ExpertBuffer(buffer_dir)
+    buffer.check_model(model_cfg)
+    shape = data_cfg.shape()
+    if shape is None:
+        return
+    c, side, k = shape
+    spec = ConvNetSpec.from_config(model_cfg, channels=c, side=side, num_classes=k)
+    cfg.check_against(channels=c, side=side, num_classes=k, buffer_epochs=buffer.epochs)
+    buffer.check_compatible(data_cfg, spec)
 
 
 def draw_set(loaded: LoadedSynSet, paths: RunPaths) -> None:
@@ -552,6 +577,9 @@ def evaluate_set(
         "real_seed": real_seed,
     }
     _check_eval_paths(subject, out_dir, synset_dir, iteration, profile, make_missing)
+    if subject == "synset" and RunPaths(Path(synset_dir)).synset_json.is_file():
+        meta = read_json(RunPaths(Path(synset_dir)).synset_json)  # before the data is loaded
+        evaluate.check_set_data(meta, data_cfg, where=f"synset_dir={str(synset_dir)!r}")
     with evaluate.claim_out_dir(out_dir):  # one writer, disk checked, before any work
         return _evaluate_set(
             data_cfg,

@@ -5,6 +5,7 @@ reverse)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -156,3 +157,51 @@ def test_the_main_run_comes_from_the_profile_not_a_literal():
     assert stages.main_run("cpu") == "lss"
     with pytest.raises(ValueError, match=r"run=None with profile=None"):
         stages.main_run(None)
+
+
+def test_an_evaluation_in_another_pixel_space_than_the_set_is_refused(world, outcome):
+    run = world / "runs" / "lss"
+    meta = {"config": {"data": {"normalisation": "zca", "zca_eps": 0.1, "zca_input": "raw"}}}
+    (run / "synset.json").write_text(json.dumps(meta))
+    before = _tree(world)
+    with pytest.raises(ValueError, match=r"zca_eps=0.5: the set in synset_dir=.* zca_eps=0.1"):
+        params = stages.stage_parameters(
+            "evaluate", {"normalisation": "zca", "zca_eps": 0.5}, profile=None
+        )
+        stages.evaluate_set(
+            params, "synset", world / "evals" / "z", CPU, synset_dir=run, profile=None
+        )
+    assert _tree(world) == before
+    outcome("contradicting", "evaluation ZCA other than the set's", "refused naming both values")
+
+
+def test_a_start_epoch_beyond_the_buffer_is_refused_before_the_data_loads(
+    world, outcome, monkeypatch
+):
+    from lsslib import data
+
+    monkeypatch.setattr(data, "load_data", lambda *a, **k: pytest.fail("data loaded first"))
+    params = stages.stage_parameters(
+        "distill",
+        {"net_depth": 2, "net_width": 4, "max_start_epoch": 40, "expert_epochs": 2},
+        profile=None,
+    )
+    with pytest.raises(ValueError, match=r"max_start_epoch=40: allowed at most 3"):
+        stages.distill(params, world / "buffers", world / "runs" / "new", CPU, profile=None)
+    outcome("contradicting", "max_start_epoch beyond the buffer", "refused before loading data")
+
+
+def test_data_settings_other_than_the_buffers_are_refused_before_the_data_loads(
+    world, outcome, monkeypatch
+):
+    from lsslib import data
+
+    monkeypatch.setattr(data, "load_data", lambda *a, **k: pytest.fail("data loaded first"))
+    params = stages.stage_parameters(
+        "distill", {"net_depth": 2, "net_width": 4, "normalisation": "zca"}, profile=None
+    )
+    with pytest.raises(
+        ValueError, match=r"built for normalisation='none', but .* normalisation='zca'"
+    ):
+        stages.distill(params, world / "buffers", world / "runs" / "new", CPU, profile=None)
+    outcome("contradicting", "normalisation other than the buffer's", "refused naming both values")
