@@ -564,9 +564,10 @@ def label_robust_score(
     """DD-Ranking's hard-label recovery (HLR), improvement over random (IOR) and
     label-robust score (LRS), from test accuracies as **fractions** in ``[0, 1]``.
 
-    Following Li et al. 2025, "DD-Ranking: Rethinking the Evaluation of Dataset
-    Distillation" (arXiv:2505.13300; the definitions are also on the project's
-    documentation, introduction page)::
+    The metrics of Li et al. 2025, "DD-Ranking: Rethinking the Evaluation of Dataset
+    Distillation" (arXiv:2505.13300), as the DD-Ranking project states them on its
+    documentation's introduction page (``doc/introduction.md`` of
+    NUS-HPC-AI-Lab/DD-Ranking, where the formulas below were read)::
 
         HLR   = acc_real_hard - acc_syn_hard
         IOR   = acc_syn_any  - acc_rdm_any
