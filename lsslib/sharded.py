@@ -43,6 +43,7 @@ Choices the paper leaves open are discussed on the book page ``book/choices.md``
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,11 @@ __all__ = [
     "shares",
     "shard_plan",
     "sharded_loss",
+    "activation_floats",
+    "GRAPH_FACTOR",
+    "RUNTIME_BYTES",
+    "MemoryModel",
+    "memory_model",
 ]
 
 T = TypeVar("T")
@@ -296,3 +302,107 @@ def _backward(spec, traj, gw, xl, yl, lrl, share: _Share, ws: int):
         if gy is not None and grads[k] is not None:
             gy += grads[k]
     return gx, gy, glr
+
+
+# ------------------------------------------------------------------ memory model
+#: Bytes of one image's inner-step graph (forward, the ``create_graph`` backward and the
+#: double backward's temporaries) per byte of its forward activations
+#: (:func:`activation_floats`). Measured on the CPU (torch 2.x, oneDNN, ConvNetD3 width
+#: 128, 32x32): the peak grows by 8.4 MiB per image of the batch, 3.9 x the 2.2 MiB of
+#: forward activations (``benchmarks/bench_sharded.py --calibrate``).
+GRAPH_FACTOR = 3.9
+
+#: Bytes a first iteration allocates whatever the batch (allocator arenas, oneDNN
+#: primitives and scratch pads on the CPU): the intercept of the same measurement. On a
+#: GPU the CUDA context and the cuDNN workspace take its place (not measured here).
+RUNTIME_BYTES = 60 * 2**20
+
+
+def activation_floats(spec: ConvNetSpec) -> int:
+    """Floats of the forward activations of one image through the ConvNet: the (augmented)
+    input, then per block the convolution, norm and ReLU outputs and the pooled map,
+    then the logits. Unitless count (multiply by 4 for float32 bytes)."""
+    side = spec.side + 2 * (getattr(spec, "first_padding", 1) - 1)  # one-channel input pads 3
+    total = 2 * spec.channels * spec.side**2  # the image and its DSA output
+    per_map = 2 if spec.norm == "none" else 3
+    for _ in range(spec.depth):
+        total += per_map * spec.width * side**2
+        if spec.pooling != "none":
+            side //= 2
+            total += spec.width * side**2
+    return total + spec.num_classes
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Predicted bytes per rank of one iteration of the sharded (or, with one rank, the
+    checkpointed) matching loss; every field in bytes.
+
+    Attributes:
+        trajectory: the N+1 stored flat parameter vectors, ``(syn_steps + 1) * P``.
+        vectors: the other P-sized work vectors (start, target, adjoint, gradient,
+            vector-Jacobian product, their reduce buffers): ``8 * P``.
+        synset: the whole set on every rank and its gradients: ``3 * n * C * H * W``,
+            plus ``3 * n * K`` with soft labels.
+        activations: the graph of one inner step for this rank's share,
+            :data:`GRAPH_FACTOR` ``* activation_floats * ceil(batch_syn / world_size)``.
+        expert: the expert trajectory held for the iteration (given by the caller).
+        runtime: :data:`RUNTIME_BYTES` (or the caller's).
+    """
+
+    trajectory: int
+    vectors: int
+    synset: int
+    activations: int
+    expert: int
+    runtime: int
+
+    @property
+    def total(self) -> int:
+        """All terms, bytes."""
+        return (
+            self.trajectory + self.vectors + self.synset + self.activations + self.expert
+        ) + self.runtime
+
+
+def memory_model(
+    spec: ConvNetSpec,
+    *,
+    images: int,
+    batch_syn: int,
+    syn_steps: int,
+    world_size: int = 1,
+    soft_labels: bool = True,
+    expert_epochs_held: int = 0,
+    graph_factor: float = GRAPH_FACTOR,
+    runtime_bytes: int = RUNTIME_BYTES,
+) -> MemoryModel:
+    """Bytes per rank of one iteration (float32 throughout).
+
+    Args:
+        spec: the student (its P and activation sizes, :func:`activation_floats`).
+        images: synthetic images n (``ipc * K`` for pixels; more for low-rank sets).
+        batch_syn: images per inner step B (``n`` when the run's ``batch_syn`` is None).
+        syn_steps: inner steps N.
+        world_size: ranks R sharing each step (1: the checkpointed mode).
+        soft_labels: the set carries ``[n, K]`` learned targets.
+        expert_epochs_held: snapshots of the expert trajectory in memory (0: not counted).
+        graph_factor, runtime_bytes: see :data:`GRAPH_FACTOR`, :data:`RUNTIME_BYTES`.
+
+    Returns:
+        The :class:`MemoryModel` (``.total`` is the prediction).
+
+    Raises:
+        ValueError: ``world_size`` > ``batch_syn`` (:func:`shares`).
+    """
+    share = max(hi - lo for lo, hi in shares(batch_syn, world_size))
+    p, f = spec.num_params, 4
+    pixels = spec.channels * spec.side**2
+    return MemoryModel(
+        trajectory=(syn_steps + 1) * p * f,
+        vectors=8 * p * f,
+        synset=3 * images * (pixels + (spec.num_classes if soft_labels else 0)) * f,
+        activations=math.ceil(graph_factor * activation_floats(spec) * share * f),
+        expert=expert_epochs_held * p * f,
+        runtime=runtime_bytes,
+    )
