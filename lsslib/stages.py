@@ -165,6 +165,85 @@ def ablation_plan(prof: Mapping[str, Any], kind: str) -> dict[str, Any]:
     }
 
 
+def _per_value(table: Mapping[Any, Any] | None, v: Any) -> dict[str, Any]:
+    """A value's entry of an overrides table (keys as the profile or papermill's -y
+    give them: ``2`` or ``"2"``)."""
+    table = dict(table or {})
+    return dict(table.get(v) or table.get(str(v)) or {})
+
+
+def _common(tables: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The settings every one of ``tables`` shares (e.g. an ablation run at IPC 10)."""
+    if not tables:
+        return {}
+    first = dict(tables[0])
+    return {k: v for k, v in first.items() if all(t.get(k, object()) == v for t in tables[1:])}
+
+
+def merge_sweep(
+    plan: Mapping[str, Any],
+    values: Sequence[Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+    base_eval: Mapping[str, Any] | None = None,
+    overrides: Mapping[Any, Mapping[str, Any]] | None = None,
+    eval_overrides: Mapping[Any, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A user's sweep merged onto the profile's (:func:`ablation_plan`), key by key,
+    never replacing it: a partial ``base`` changes only the keys it names; a value of
+    the profile keeps its per-value settings; a new value takes the settings all the
+    profile's values share (e.g. IPC 10 in the paper profile); the user's per-value
+    ``overrides`` come last.
+
+    Returns:
+        The arguments of :func:`sweep` (``values``, ``base``, ``base_eval``,
+        ``overrides``, ``eval_overrides``).
+    """
+    vals = list(plan.get("values") or []) if values is None else values
+    if not isinstance(vals, (list, tuple)):
+        return {**plan, "values": vals}  # sweep refuses it by name
+    shared = [
+        _common([_per_value(plan.get(t), v) for v in plan.get("values") or []])
+        for t in ("overrides", "eval_overrides")
+    ]
+    known = {str(v) for v in plan.get("values") or []}
+    out: dict[str, Any] = {
+        "values": list(vals),
+        "base": {**(plan.get("base") or {}), **(base or {})},
+        "base_eval": {**(plan.get("base_eval") or {}), **(base_eval or {})},
+    }
+    for i, (name, user) in enumerate(
+        (("overrides", overrides), ("eval_overrides", eval_overrides))
+    ):
+        table = {}
+        for v in vals:
+            theirs = _per_value(plan.get(name), v) if str(v) in known else dict(shared[i])
+            merged = {**theirs, **_per_value(user, v)}
+            if merged:
+                table[v] = merged
+        out[name] = table
+    return out
+
+
+def sweep_changes(plan: Mapping[str, Any], merged: Mapping[str, Any]) -> list[str]:
+    """Every setting of ``merged`` that differs from the profile's ``plan``, one line
+    each (what a notebook prints before a sweep starts)."""
+    lines = []
+    if list(merged.get("values") or []) != list(plan.get("values") or []):
+        lines.append(f"values: {plan.get('values')} -> {merged.get('values')}")
+    for block in ("base", "base_eval"):
+        old, new = plan.get(block) or {}, merged.get(block) or {}
+        lines += [f"{block}.{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    for block in ("overrides", "eval_overrides"):
+        for v in merged.get("values") or []:
+            old, new = _per_value(plan.get(block), v), _per_value(merged.get(block), v)
+            lines += [
+                f"{block}[{v}].{k}: {old.get(k)!r} -> {new[k]!r}"
+                for k in new
+                if old.get(k) != new[k]
+            ]
+    return lines
+
+
 def _bar(total: int, desc: str, unit: str, initial: int = 0) -> tqdm:
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, mininterval=2.0)
 
@@ -373,7 +452,8 @@ def distill(
     if real is None and shape is not None:  # fail fast, before loading the data
         cfg.check_against(channels=shape[0], side=shape[1], num_classes=shape[2])
     _check_distill_paths(buffer_dir, out_dir, profile, make_missing)
-    _check_against_buffer(buffer_dir, data_cfg, model_cfg, cfg)
+    if real is None:  # the Distiller checks them against data given in-process
+        _check_against_buffer(buffer_dir, data_cfg, model_cfg, cfg)
     real = real if real is not None else data.load_data(data_cfg, device)
     # the layout of this run, solved once from the data it distils and carried along
     lay = cfg.check_against(channels=real.channels, side=real.side, num_classes=real.num_classes)
@@ -889,17 +969,18 @@ def sweep(
         )
     results, out = Results(results_dir), AblationPaths(Path(out_dir))
 
-    def of(table: Mapping[Any, Any] | None, v: Any) -> dict[str, Any]:
-        table = dict(table or {})
-        return dict(table.get(v) or table.get(str(v)) or {})
-
     plans = []
     for v in values:
-        params = {**base, key: v, **of(overrides, v)}
-        eparams = {**base_eval, **of(eval_overrides, v)}
+        params = {**base, key: v, **_per_value(overrides, v)}
+        eparams = {**base_eval, **_per_value(eval_overrides, v)}
         for stage, flat in (("distill", params), ("evaluate", eparams)):
             for cls in STAGE_CONFIGS[stage]:
                 cls.from_params(flat)  # every value validated before any work
+        shape = DataConfig.from_params(params).shape()
+        if shape is not None:  # and its budget, before the first value runs
+            DistillConfig.from_params(params).check_against(
+                channels=shape[0], side=shape[1], num_classes=shape[2]
+            )
         plans.append((v, params, eparams))
     runs, real = [], None
     for v, params, eparams in plans:

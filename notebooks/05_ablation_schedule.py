@@ -48,10 +48,10 @@ profile: Optional[str] = "cpu"  # None: no profile (give base and base_eval)
 schedules: Optional[list] = (
     None  # None: the profile's schedule ablation, e.g. -y 'schedules: [fixed, linear, stair]'
 )
-base: Optional[dict] = None  # distill parameters of the base run (None: the profile's main LSS run)
-base_eval: Optional[dict] = None  # its evaluation parameters (None: the profile's)
-overrides: Optional[dict] = None  # per value, further distill parameters
-eval_overrides: Optional[dict] = None  # per value, further evaluation parameters
+base: Optional[dict] = None  # distill parameters changed from the main LSS run's
+base_eval: Optional[dict] = None  # evaluation parameters changed from the profile's
+overrides: Optional[dict] = None  # per value, distill parameters changed from the profile's
+eval_overrides: Optional[dict] = None  # per value, evaluation parameters changed
 results_dir: Optional[str] = None  # None: results/<profile>
 out_dir: Optional[str] = None  # None: results/<profile>/ablation_schedule
 device: str = "cpu"
@@ -63,24 +63,14 @@ from lsslib.results import Results
 parameters.refuse_unknown(globals())  # a misspelled -p NAME is an error
 device = report.colab_device(device)  # in Colab: its GPU when one is attached
 plan = stages.ablation_plan(profiles.load_profile(profile), "schedule") if profile else {}
+# what you pass is merged onto the profile's sweep, key by key, and printed
+sweep = stages.merge_sweep(plan, schedules, base, base_eval, overrides, eval_overrides)
+print("\n".join(stages.sweep_changes(plan, sweep)) or "the profile's sweep, unchanged")
 res = Results(results_dir) if results_dir else Results.of(profile or "cpu")
 out_dir = out_dir or str(res.ablation("schedule").folder)
 dev = report.pick_device(device)
 runs = stages.sweep(
-    "schedule",
-    plan.get("values") if schedules is None else schedules,
-    base or plan.get("base"),
-    base_eval or plan.get("base_eval"),
-    res.root,
-    out_dir,
-    dev,
-    overrides=plan.get("overrides") if overrides is None and schedules is None else overrides,
-    eval_overrides=(
-        plan.get("eval_overrides")
-        if eval_overrides is None and schedules is None
-        else eval_overrides
-    ),
-    profile=profile,
+    "schedule", **sweep, results_dir=res.root, out_dir=out_dir, device=dev, profile=profile
 )
 table = stages.ablation("schedule", runs, out_dir)
 table

@@ -115,3 +115,42 @@ def test_ill_typed_values_are_refused_before_any_work(values, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         stages.sweep("rank", values, BASE, BASE_EVAL, tmp_path, tmp_path / "abl", CPU)
     assert not (tmp_path / "abl").exists()
+
+
+def test_a_users_sweep_is_merged_onto_the_profiles_never_replacing_it():
+    from lsslib import profiles
+
+    paper = stages.ablation_plan(profiles.load_profile("paper"), "schedule")
+    # a custom list keeps the profile's per-value settings (IPC 10 in the paper profile)
+    m = stages.merge_sweep(paper, ["fixed", "stair"])
+    assert all(m["overrides"][v]["ipc"] == 10 for v in ("fixed", "stair"))
+    smoke = stages.ablation_plan(profiles.load_profile("smoke"), "schedule")
+    m = stages.merge_sweep(smoke, ["fixed", "stair"], {"max_start_epoch": 2})
+    assert m["overrides"]["stair"] == {"stair_every": 2}  # the profile's, not the default 100
+    # a partial base changes only the key it names
+    assert m["base"] == {**smoke["base"], "max_start_epoch": 2}
+    assert m["base_eval"] == smoke["base_eval"]
+    assert stages.sweep_changes(smoke, m) == [
+        "values: ['fixed', 'linear', 'stair'] -> ['fixed', 'stair']",
+        "base.max_start_epoch: 1 -> 2",
+    ]
+
+
+def test_a_new_value_takes_what_all_the_profiles_values_share():
+    plan = {
+        "values": [1, 2],
+        "base": {"ipc": 1},
+        "overrides": {1: {"ipc": 10, "lr_y": 2.0}, 2: {"ipc": 10}},
+        "eval_overrides": {},
+    }
+    m = stages.merge_sweep(plan, [2, 8], overrides={"8": {"batch_syn": 5}})
+    assert m["overrides"] == {2: {"ipc": 10}, 8: {"ipc": 10, "batch_syn": 5}}
+    assert "overrides[8].ipc: None -> 10" in stages.sweep_changes(plan, m)
+
+
+def test_every_value_of_a_sweep_is_budget_checked_before_the_first_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(stages, "distill", lambda *a, **k: pytest.fail("a value ran first"))
+    base = {**BASE, "dataset": "cifar10", "normalisation": "none"}
+    with pytest.raises(ValueError, match=r"rank=40: allowed an integer in \[1, 31\]"):
+        stages.sweep("rank", [1, 40], base, BASE_EVAL, tmp_path, tmp_path / "abl", CPU)
+    assert not (tmp_path / "abl").exists()
