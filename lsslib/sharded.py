@@ -308,14 +308,16 @@ def _backward(spec, traj, gw, xl, yl, lrl, share: _Share, ws: int):
 #: Bytes of one image's inner-step graph (forward, the ``create_graph`` backward and the
 #: double backward's temporaries) per byte of its forward activations
 #: (:func:`activation_floats`). Measured on the CPU (torch 2.x, oneDNN, ConvNetD3 width
-#: 128, 32x32): the peak grows by 8.4 MiB per image of the batch, 3.9 x the 2.2 MiB of
-#: forward activations (``benchmarks/bench_sharded.py --calibrate``).
-GRAPH_FACTOR = 3.9
+#: 128, 32x32 images) as the growth of the live peak with the batch: 4.35 MiB per image,
+#: 2.0 x its 2.16 MiB of forward activations (``benchmarks/bench_sharded.py
+#: --calibrate``; resident set with glibc's mmap threshold fixed, so that it follows the
+#: live tensors instead of the heap's slack).
+GRAPH_FACTOR = 2.0
 
-#: Bytes a first iteration allocates whatever the batch (allocator arenas, oneDNN
-#: primitives and scratch pads on the CPU): the intercept of the same measurement. On a
-#: GPU the CUDA context and the cuDNN workspace take its place (not measured here).
-RUNTIME_BYTES = 60 * 2**20
+#: Bytes a first iteration allocates whatever the batch (oneDNN primitives and scratch
+#: pads, autograd's buffers on the CPU): the intercept of the same measurement. On a GPU
+#: the CUDA context and the cuDNN workspace take its place (not measured here).
+RUNTIME_BYTES = 50 * 2**20
 
 
 def activation_floats(spec: ConvNetSpec) -> int:
