@@ -322,6 +322,8 @@ STAGE_ENTRIES = {
     "buffers": {"buffer.json": "file"},
     "distill": {"synset.json": "file", "checkpoint.json": "file", "snapshots": "folder"},
     "evaluate": {"metrics.json": "file"},
+    "summary": {"tables": "folder", "figures": "folder", "notebooks": "folder"},
+    "study": {"effects.csv": "file", "findings.md": "file"},
 }
 _OWN_KIND = {
     "buffers": "an expert buffer",

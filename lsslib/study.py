@@ -43,7 +43,7 @@ import torch
 
 from . import __version__, parameterisations, plots, profiles, report, stats
 from .artifacts import atomic_write_text
-from .results import EvalRecord, Results, read_json
+from .results import EvalRecord, Results, check_path_kinds, read_json
 
 __all__ = [
     "StudyRecords",
@@ -638,9 +638,17 @@ def study_tables(
         The tables by name.
 
     Raises:
-        ValueError: the profile has no study block.
+        ValueError: the profile has no study block; ``results_dir`` is no folder;
+            ``out_dir`` is a file (or its ``effects.csv``/``findings.md`` are folders).
         FileNotFoundError: a record is missing.
     """
+    if not Path(results_dir).is_dir():
+        raise ValueError(
+            f"invalid parameter results_dir={str(results_dir)!r}: no such folder; allowed the "
+            "results of a study profile (make study) or a folder of its records of record "
+            "(records/study in the repository)"
+        )
+    check_path_kinds("out_dir", out_dir, "study")
     rec = StudyRecords(results_dir, profile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

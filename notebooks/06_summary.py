@@ -18,7 +18,10 @@
 # Assembles what stages 1-5 wrote into `book_dir` (`book/_generated`): the paper's
 # Fig. 1, 3, 4 and 5 rebuilt from our runs, the accuracy table at equal storage, the
 # ablation tables, the paper's claims beside the anchors and our measurements, and
-# the run's wall times and peak memory. It loads no dataset and trains nothing.
+# the run's wall times and peak memory. Every default comes from the profile `profile`,
+# as the pipeline passes it. With the records in place it loads no dataset and trains
+# nothing; run alone in a fresh runtime, it first makes the records it lacks with the
+# stage functions of notebooks 01-05 (`make_missing`).
 #
 # <a href="https://colab.research.google.com/github/lss-companion/mtt-lss/blob/main/notebooks/06_summary.ipynb" target="_parent">Run in Colab</a>
 # (Runtime → Change runtime type → GPU). The next cell installs `lsslib`, and only inside Colab.
@@ -39,39 +42,65 @@ if "google.colab" in sys.modules or os.environ.get("LSS_INSTALL"):
     subprocess.run(pip, check=True)
 
 # %% tags=["parameters"]
-# Defaults: the `cpu` profile (lsslib/_profiles/cpu.yaml).
-results_dir: str = "results/cpu"
-profile: str = "cpu"
-description: str = (
-    "CIFAR-10, IPC 1, ConvNetD3 at width 32 on 500 images per class, sized for a 2-core CPU"
-)
+from typing import Optional
+
+profile: str = "cpu"  # a bundled profile name or a YAML path: what the summary compares
+results_dir: Optional[str] = None  # None: results/<profile>
 book_dir: str = "book/_generated"
-main: dict = {"lss": "lss", "mtt": "mtt"}
-compare: list = []  # further runs of the main table (same storage; the workflow passes the profile's)
-baselines: list = ["random_real", "full"]
-ablations: dict = {
-    "rank": ["lss_r2", "lss", "lss_r8"],
-    "schedule": ["lss_fixed", "lss"],
-}
+description: Optional[str] = None  # None: the profile's
+main: Optional[dict] = None  # None: the profile's main roles, e.g. {"lss": "lss", "mtt": "mtt"}
+compare: Optional[list] = None  # None: the profile's further rows of the main table
+baselines: Optional[list] = None  # None: the profile's baselines
+ablations: Optional[dict] = None  # None: the profile's ablations
+make_missing: Optional[bool] = None  # make missing records here (None: only in results/<profile>)
+device: str = "cpu"
 
 # %%
 import datetime
 
-from lsslib import parameters, stages
+from lsslib import parameters, report, stages, upstream
 
 parameters.refuse_unknown(globals())  # a misspelled -p NAME is an error
-info = stages.summarise(
+res, layout = upstream.prepare_summary(  # the profile's layout; missing records made first
+    profile,
     results_dir,
     book_dir,
-    profile=profile,
+    report.pick_device(device),
+    make_missing=make_missing,
     description=description,
     main=main,
+    compare=compare,
     baselines=baselines,
     ablations=ablations,
-    compare=compare,
+)
+info = stages.summarise(
+    str(res.root),
+    book_dir,
+    profile=profile,
+    **layout,
     date=datetime.date.today().isoformat(),
 )
 print(info)
+
+# %% [markdown]
+# The readers' plots: the main comparison at equal storage (bars with the spread over
+# the evaluation networks) and accuracy against storage for every rank run
+# (`lsslib.summary.comparison_figures`; the figures' style is `lsslib.plots.STYLE`).
+
+# %%
+from lsslib import summary
+from lsslib.results import EvalRecord, Results
+
+res = Results(results_dir)
+lss_eval = EvalRecord.read(res.run(main["lss"]).eval.metrics)
+main_df = summary.main_table(res, main, baselines, lss_eval.hardware, profile, compare)
+summary.comparison_figures(
+    res,
+    main_df,
+    ablations.get("rank", []),
+    f"{book_dir}/figures",
+    num_eval=len(lss_eval.result["accuracies"]),
+)
 
 # %%
 from IPython.display import Markdown

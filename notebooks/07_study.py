@@ -42,14 +42,18 @@ if "google.colab" in sys.modules or os.environ.get("LSS_INSTALL"):
     subprocess.run(pip, check=True)
 
 # %% tags=["parameters"]
-results_dir: str = "results/study"
+from typing import Optional
+
 profile: str = "study"  # a bundled profile name or a YAML path, with seeds and a study block
-out_dir: str = "results/study/study"
+results_dir: Optional[str] = None  # None: results/<profile>; or a records folder (records/study)
+out_dir: Optional[str] = None  # None: <results_dir>/study
 
 # %%
 from lsslib import parameters, report, study
 
 parameters.refuse_unknown(globals())  # a misspelled -p NAME is an error
+results_dir = results_dir or f"results/{profile}"
+out_dir = out_dir or f"{results_dir}/study"
 tables = study.study_tables(results_dir, profile, out_dir)
 for name in ("cells", "effects", "best_iteration", "crossarch"):
     print(name)

@@ -15,6 +15,7 @@ between the notebooks (``LSS_CACHE_DIR``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -51,6 +52,28 @@ CASES = {
             "results/smoke/ablation_schedule/schedule_bounds.png",
         ],
     ),
+    "06_summary": (
+        ["-p", "book_dir", "book_out"],
+        ["book_out/tables/main.md", "book_out/run_info.md", "results/smoke/runs/mtt/synset.json"],
+    ),
+    "07_study": (
+        ["-p", "profile", "study", "-p", "results_dir", str(REPO / "records" / "study")],
+        ["study_out/effects.csv", "study_out/findings.md"],
+    ),
+}
+# 07 reads records only: the committed records of the study, written to a folder here
+CASES["07_study"][0].extend(["-p", "out_dir", "study_out"])
+
+#: What a notebook alone and the smoke pipeline (``make pipeline PROFILE=smoke``) both
+#: write, to compare: the artifacts' sha256 and the evaluation records' accuracies.
+SAME_AS_PIPELINE = {
+    "01_buffers": ["results/smoke/buffers/buffer.json"],
+    "02_distill": ["results/smoke/runs/lss/synset.json"],
+    "03_evaluate": ["results/smoke/baselines/random_real/metrics.json"],
+    "06_summary": [
+        "results/smoke/runs/mtt/synset.json",
+        "results/smoke/runs/mtt/eval/metrics.json",
+    ],
 }
 
 
@@ -100,7 +123,7 @@ def test_a_notebook_alone_in_an_empty_folder_makes_what_it_needs(stem, runtime, 
             "-p",
             "profile",
             "smoke",
-            *args,
+            *args,  # a later -p profile (07) wins
         ],
         cwd=tmp_path,
         env=runtime,
@@ -111,6 +134,32 @@ def test_a_notebook_alone_in_an_empty_folder_makes_what_it_needs(stem, runtime, 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     missing = [o for o in outputs if not (tmp_path / o).is_file()]
     assert not missing, f"{stem} did not write {missing}"
+    _compare_with_pipeline(stem, tmp_path)
     # the install cell ran: the wheel, with the profiles it ships, is in its folder
     site = runtime["LSS_INSTALL"].split("--target ")[1].split()[0]
     assert (Path(site) / "lsslib" / "_profiles" / "smoke.yaml").is_file()
+
+
+def _essence(path: Path) -> object:
+    """What must agree between two runs of one stage: an artifact's tensor digest, an
+    evaluation's accuracies (not its paths, times or hardware line)."""
+    d = json.loads(path.read_text())
+    if path.name == "metrics.json":
+        return d["result"]["accuracies"]
+    if path.name == "buffer.json":
+        return [d["identity"], d["num_experts"], d["epochs"]] + [
+            json.loads((path.parent / f"expert_{i:03d}.json").read_text())["sha256"]
+            for i in range(d["num_experts"])
+        ]
+    return d["sha256"]
+
+
+def _compare_with_pipeline(stem: str, alone: Path) -> None:
+    pipeline = REPO / "results" / "smoke"
+    if not (pipeline / "runs" / "lss" / "eval" / "metrics.json").is_file():
+        if os.environ.get("LSS_REQUIRE_PIPELINE") == "1":
+            pytest.fail("no results/smoke although make test ran the smoke pipeline first")
+        return  # compared in make test, which runs the smoke pipeline first
+    for rel in SAME_AS_PIPELINE.get(stem, []):
+        ours, theirs = _essence(alone / rel), _essence(REPO / rel)
+        assert ours == theirs, f"{stem} alone and the pipeline differ in {rel}"
