@@ -89,15 +89,17 @@ print(info)
 
 # %%
 from lsslib import summary
-from lsslib.results import EvalRecord, Results
+from lsslib.results import EvalRecord
 
-res = Results(results_dir)
-lss_eval = EvalRecord.read(res.run(main["lss"]).eval.metrics)
-main_df = summary.main_table(res, main, baselines, lss_eval.hardware, profile, compare)
+roles = layout["main"]
+lss_eval = EvalRecord.read(res.run(roles["lss"]).eval.metrics)
+main_df = summary.main_table(
+    res, roles, layout["baselines"], lss_eval.hardware, profile, layout["compare"]
+)
 summary.comparison_figures(
     res,
     main_df,
-    ablations.get("rank", []),
+    (layout["ablations"] or {}).get("rank", []),
     f"{book_dir}/figures",
     num_eval=len(lss_eval.result["accuracies"]),
 )
