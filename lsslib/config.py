@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from . import parameterisations
+from . import datasets, parameterisations
 from .parameterisations import Budget, Layout
 
 __all__ = [
@@ -39,12 +39,10 @@ __all__ = [
     "STAGE_CONFIGS",
 ]
 
-#: Known datasets: name -> (channels C, image side H = W, classes K).
-#: ``imagefolder`` takes its shape from the files (see :mod:`lsslib.data`).
+#: The registered datasets of fixed shape (:mod:`lsslib.datasets`): name -> (channels C,
+#: image side H = W, classes K). A dataset whose files decide its shape is not listed.
 DATASETS: dict[str, tuple[int, int, int]] = {
-    "cifar10": (3, 32, 10),
-    "cifar100": (3, 32, 100),
-    "svhn": (3, 32, 10),
+    name: shape for name in datasets.names() if (shape := datasets.get(name).shape()) is not None
 }
 
 NORMALISATIONS = ("zca", "meanstd", "none")
@@ -135,7 +133,8 @@ class DataConfig(_Params):
     """Which data, how much of it, how it is normalised (PAPER.md 2.7).
 
     Attributes:
-        dataset: ``cifar10``, ``cifar100``, ``svhn`` or ``imagefolder``.
+        dataset: a registered dataset (:func:`lsslib.datasets.names`; the default is
+            :data:`lsslib.datasets.DEFAULT`).
         data_root: folder to look in first; see :func:`lsslib.data.find_data_root`.
         train_per_class: class-balanced training subset size per class (``None`` = all).
         test_per_class: class-balanced test subset per class (``None`` = all).
@@ -148,7 +147,7 @@ class DataConfig(_Params):
         subset_seed: seed of the class-balanced subset draw.
     """
 
-    dataset: str = "cifar10"
+    dataset: str = datasets.DEFAULT
     data_root: str | None = None
     train_per_class: int | None = None
     test_per_class: int | None = None
@@ -158,9 +157,9 @@ class DataConfig(_Params):
     subset_seed: int = 0
 
     def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, (*DATASETS, "imagefolder"))
-        if self.dataset == "imagefolder" and not self.data_root:
-            _fail("data_root", self.data_root, "a folder path when dataset='imagefolder'")
+        check_choice("dataset", self.dataset, datasets.names())
+        if datasets.get(self.dataset).root_required and not self.data_root:
+            _fail("data_root", self.data_root, f"a folder path when dataset={self.dataset!r}")
         check_range("train_per_class", self.train_per_class, lo=1, integer=True, allow_none=True)
         check_range("test_per_class", self.test_per_class, lo=1, integer=True, allow_none=True)
         check_choice("normalisation", self.normalisation, NORMALISATIONS)
@@ -169,8 +168,8 @@ class DataConfig(_Params):
         check_range("subset_seed", self.subset_seed, lo=0, integer=True)
 
     def shape(self) -> tuple[int, int, int] | None:
-        """(C, side, K) for a named dataset, ``None`` for ``imagefolder``."""
-        return DATASETS.get(self.dataset)
+        """(C, side, K) of the dataset, ``None`` when its files decide (an ImageFolder tree)."""
+        return datasets.get(self.dataset).shape()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Datasets as tensors on a device: CIFAR-10/100, SVHN, ImageFolder trees; ZCA.
+"""Datasets as tensors on a device: any registered dataset (:mod:`lsslib.datasets`); ZCA.
+
+What a dataset is and how its files are read is its unit's business
+(:mod:`lsslib.datasets`, one module per dataset); this module holds what is common
+to all of them: where the data is looked for, the decoded-split cache, the
+normaliser and ZCA, and the class-balanced subsets. No dataset is named here.
 
 The whole (sub)set is decoded once, cached as uint8 safetensors under the cache
 folder (``$LSS_CACHE_DIR`` or ``./data/cache``), and held as one float tensor on
@@ -13,22 +18,25 @@ the target device, as MTT does. Normalisation (PAPER.md 2.7):
   ZCA fit. This was this library's only order before; eps 0.1 then acts on
   pixels about 25x larger in variance, i.e. about 25x more weakly (the whitened
   CIFAR-10 training data's channel std is about 0.48 instead of 0.26).
-* ``meanstd``: per-channel mean/std only; ``none``: pixels in [0, 1].
+* ``meanstd``: per-channel mean/std only (the unit's published statistics, else
+  computed from the training split); ``none``: pixels in [0, 1].
 
 Where the data is looked for (:func:`find_data_root`), first hit wins:
 
 1. the ``data_root`` argument;
 2. the environment variable ``LSS_DATA_ROOT``;
 3. ``./data`` under the current folder;
-4. ``../shared/data`` beside the current folder, then beside the repository.
+4. ``../shared/data`` beside the current folder, then beside the repository;
+5. the unit's own folders (``Dataset.extra_roots``, e.g. a system package's).
 
 A ``data_root`` given explicitly must exist and hold the dataset (a misspelled
-path is an error, never skipped). A root may hold an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``), a
-``cifar10-jpeg.tar.xz`` archive of one (unpacked into the cache on first use), or
-torchvision's own files; with none of these, torchvision downloads, after a
-quick check that its server can be reached: offline, the load fails at once with
-what to do, and leaves no folder behind. Free space is checked before
-unpacking an archive, before a download, and before every cache write.
+path is an error, never skipped). A root may hold an ImageFolder tree
+(``train/<class>/*``, ``test/<class>/*``), a ``.tar.xz`` archive of one (unpacked
+into the cache on first use; the offline JPEG copy of CIFAR-10 is one), or the
+dataset's native files (torchvision's); with none of these, torchvision
+downloads, after a quick check that its server can be reached: offline, the load
+fails at once with what to do, and leaves no folder behind. Free space is checked
+before unpacking an archive, before a download, and before every cache write.
 
 Writers of the cache take a lock per entry (:func:`lsslib.locking.file_lock`):
 two processes on a cold cache decode (or unpack) an entry once, the second
@@ -36,25 +44,21 @@ waiting for the first and then reading its result.
 
 Cache keys. A decoded split is cached under ``<dataset>_<digest of the source
 path>_<split>``, and its metadata keeps the source's fingerprint (resolved path,
-size and modification times, :func:`source_fingerprint`): two different folders
-of one dataset never share a cache entry, and a source that changed since it was
-decoded (an archive replaced, a class folder added to or emptied) is decoded
-again. A file rewritten in place under an unchanged name inside a class folder
-is not detected; delete the cache folder then. The ZCA cache is keyed by a
-digest of the training pixels themselves and by ``zca_input``, so it can never
-belong to other data or to the other order.
+size and modification times, :func:`source_fingerprint`, or the unit's own
+``Dataset.fingerprint``): two different folders of one dataset never share a
+cache entry, and a source that changed since it was decoded (an archive
+replaced, a class folder added to or emptied) is decoded again. A file rewritten
+in place under an unchanged name inside a class folder is not detected; delete
+the cache folder then. The ZCA cache is keyed by a digest of the training pixels
+themselves and by ``zca_input``, so it can never belong to other data or to the
+other order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
-import socket
-import tarfile
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +67,17 @@ import kornia.enhance as KE
 import torch
 from torch import Tensor
 
-from .artifacts import ArtifactError, check_free_space, load_artifact, read_metadata, save_artifact
-from .config import DataConfig, check_range
+from . import datasets
+from .artifacts import ArtifactError, load_artifact, read_metadata, save_artifact
+from .config import DataConfig, check_choice, check_range
+from .datasets.files import (
+    cache_dir,
+    candidate_roots,
+    digest,
+    download_root,
+    source_fingerprint,
+    unpack_archive,
+)
 from .locking import file_lock
 
 __all__ = [
@@ -86,164 +99,60 @@ _log = logging.getLogger(__name__)
 #: What ZCA is fitted on (``DataConfig.zca_input``): raw [0, 1] pixels (MTT) or after mean/std.
 ZCA_INPUTS = ("raw", "meanstd")
 
-_ARCHIVES = {"cifar10": "cifar10-jpeg.tar.xz"}
-#: torchvision's own file or folder of each dataset (what its loaders read).
-_TORCHVISION = {
-    "cifar10": "cifar-10-batches-py",
-    "cifar100": "cifar-100-python",
-    "svhn": "train_32x32.mat",
-}
-#: Images per split of the datasets torchvision downloads (for the disk check).
-_SPLIT_SIZES = {
-    ("cifar10", "train"): 50000,
-    ("cifar10", "test"): 10000,
-    ("cifar100", "train"): 50000,
-    ("cifar100", "test"): 10000,
-    ("svhn", "train"): 73257,
-    ("svhn", "test"): 26032,
-}
-#: Bytes torchvision downloads and unpacks per dataset (archive + files, rounded up).
-_DOWNLOAD_BYTES = {"cifar10": 350_000_000, "cifar100": 350_000_000, "svhn": 250_000_000}
-#: Where torchvision downloads each dataset from (checked before downloading).
-_DOWNLOAD_HOSTS = {
-    "cifar10": "www.cs.toronto.edu",
-    "cifar100": "www.cs.toronto.edu",
-    "svhn": "ufldl.stanford.edu",
-}
-#: The files a data root must hold to be used offline, per dataset (for messages).
-_OFFLINE_FILES = {
-    "cifar10": "cifar10-jpeg.tar.xz, an ImageFolder train/ and test/, or cifar-10-batches-py/",
-    "cifar100": "cifar-100-python/ (torchvision's CIFAR-100) or an ImageFolder train/ and test/",
-    "svhn": "train_32x32.mat and test_32x32.mat (torchvision's SVHN)",
-}
-_MEANS = {
-    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
-    "cifar100": ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]),
-    "svhn": ([0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
-}
-
-
-def cache_dir() -> Path:
-    """The cache folder: ``$LSS_CACHE_DIR`` or ``./data/cache``."""
-    return Path(os.environ.get("LSS_CACHE_DIR", Path.cwd() / "data" / "cache"))
+_SPLITS = datasets.SPLITS
 
 
 def _candidates(data_root: str | None) -> list[Path]:
-    out: list[Path] = []
-    if data_root:
-        out.append(Path(data_root))
-    if os.environ.get("LSS_DATA_ROOT"):
-        out.append(Path(os.environ["LSS_DATA_ROOT"]))
-    out.append(Path.cwd() / "data")
-    out.append(Path.cwd().parent / "shared" / "data")
-    repo = Path(__file__).resolve().parent.parent
-    out.append(repo / "data")
-    out.append(repo.parent / "shared" / "data")
-    return out
+    """Steps 1-4 of the lookup order (a unit's ``extra_roots`` come after them)."""
+    return candidate_roots(data_root)
 
 
-def _has_dataset(root: Path, dataset: str) -> bool:
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return True
-    if dataset in _ARCHIVES and (root / _ARCHIVES[dataset]).is_file():
-        return True
-    if dataset in _ARCHIVES and (root / "cifar10-jpeg" / "train").is_dir():
-        return True
-    return dataset in _TORCHVISION and (root / _TORCHVISION[dataset]).exists()
+#: The unpacking of archives lives with the units; the old private name stays for callers.
+_unpack_archive = unpack_archive
 
 
 def find_data_root(dataset: str, data_root: str | None = None) -> Path | None:
     """The first folder of the lookup order (module docstring) that holds ``dataset``.
+
+    Args:
+        dataset: a registered dataset name (:func:`lsslib.datasets.names`).
+        data_root: a folder to use instead of the lookup order.
 
     Returns:
         The folder, or ``None`` when none has it (torchvision will download into
         ``./data``).
 
     Raises:
-        ValueError: ``data_root`` given but not an existing folder, or a folder that
-            does not hold ``dataset`` (a misspelled path is never skipped silently).
+        ValueError: ``dataset`` not registered; ``data_root`` given but not an
+            existing folder, or a folder that does not hold ``dataset`` (a misspelled
+            path is never skipped silently); no ``data_root`` for a dataset that
+            needs one (an ImageFolder tree of any images).
     """
-    if dataset == "imagefolder":
-        root = Path(data_root or "")
-        if not (root / "train").is_dir():
-            raise ValueError(
-                f"invalid parameter data_root={data_root!r}: allowed a folder with train/<class>/ "
-                "and test/<class>/ image folders"
-            )
-        return root
+    ds = datasets.get(dataset)
+    if ds.root_required and not data_root:
+        raise ValueError(
+            f"invalid parameter data_root={data_root!r}: allowed a folder holding "
+            f"{ds.offline_files} when dataset={dataset!r}"
+        )
     if data_root:
         root = Path(data_root)
         if not root.is_dir():
             raise ValueError(
                 f"invalid parameter data_root={data_root!r}: no such folder; allowed an existing "
-                f"folder holding {_OFFLINE_FILES.get(dataset, 'the dataset')}, or None to look in "
+                f"folder holding {ds.offline_files}, or None to look in "
                 "$LSS_DATA_ROOT, ./data and ../shared/data"
             )
-        if not _has_dataset(root, dataset):
+        if not ds.detect(root):
             raise ValueError(
                 f"invalid parameter data_root={data_root!r}: the folder holds no {dataset}; allowed "
-                f"a folder holding {_OFFLINE_FILES.get(dataset, 'the dataset')}, or None to look in "
+                f"a folder holding {ds.offline_files}, or None to look in "
                 "$LSS_DATA_ROOT, ./data and ../shared/data (and otherwise download)"
             )
         return root
-    for root in _candidates(data_root):
-        if root.is_dir() and _has_dataset(root, dataset):
+    for root in [*_candidates(data_root), *map(Path, ds.extra_roots)]:
+        if root.is_dir() and ds.detect(root):
             return root
     return None
-
-
-def _digest(text: str, n: int = 8) -> str:
-    # a stable digest: hash() of a str is salted per process
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def _source_path(dataset: str, root: Path | None) -> Path:
-    """The file or folder a split of ``dataset`` is read from under ``root``."""
-    if root is None:  # torchvision downloads into ./data: name what will be there
-        root = Path.cwd() / "data"
-        return root / _TORCHVISION[dataset] if dataset in ("cifar10", "cifar100") else root
-    if (
-        dataset in _ARCHIVES
-        and (root / _ARCHIVES[dataset]).is_file()
-        and not (root / "train").is_dir()
-    ):
-        return root / _ARCHIVES[dataset]
-    if dataset == "cifar10" and (root / "cifar10-jpeg" / "train").is_dir():
-        return root / "cifar10-jpeg"
-    if (
-        not (root / "train").is_dir()
-        and dataset in ("cifar10", "cifar100")
-        and (root / _TORCHVISION[dataset]).is_dir()
-    ):
-        return root / _TORCHVISION[dataset]  # torchvision's pickled batches
-    return root  # an ImageFolder tree, or SVHN's two .mat files
-
-
-def source_fingerprint(path: str | Path) -> dict[str, object]:
-    """What identifies a data source on disk, JSON-serialisable.
-
-    For a file (an archive): its resolved path, size in bytes and modification
-    time (ns). For a folder: its resolved path and the modification times of the
-    folder, of its ``train``/``test`` folders and of every class folder in them
-    (a folder's time changes when an entry is added, removed or renamed). A
-    source that does not exist yet (torchvision will download) gives its path
-    alone.
-    """
-    p = Path(path).resolve()
-    if p.is_file():
-        st = p.stat()
-        return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if not p.is_dir():
-        return {"path": str(p)}
-    times = {".": p.stat().st_mtime_ns}
-    for split in ("train", "test"):
-        folder = p / split
-        if folder.is_dir():
-            times[split] = folder.stat().st_mtime_ns
-            for d in sorted(folder.iterdir()):
-                if d.is_dir():
-                    times[f"{split}/{d.name}"] = d.stat().st_mtime_ns
-    return {"path": str(p), "mtime_ns": times}
 
 
 def split_cache_stem(dataset: str, split: str, data_root: str | None = None) -> Path:
@@ -251,135 +160,12 @@ def split_cache_stem(dataset: str, split: str, data_root: str | None = None) -> 
 
     ``<cache_dir>/<dataset>_<digest of the resolved source path>_<split>``.
     """
-    return _split_stem(dataset, split, _source_path(dataset, find_data_root(dataset, data_root)))
+    ds = datasets.get(dataset)
+    return _split_stem(dataset, split, ds.source(find_data_root(dataset, data_root)))
 
 
 def _split_stem(dataset: str, split: str, source: Path) -> Path:
-    return cache_dir() / f"{dataset}_{_digest(str(source.resolve()))}_{split}"
-
-
-def _unpack_archive(archive: Path) -> Path:
-    """Unpack ``archive`` into the cache once (one process at a time; others wait).
-
-    Raises:
-        DiskFull: the unpacked files (4 KiB blocks each) do not fit in the cache.
-    """
-    fp = source_fingerprint(archive)
-    dest = (
-        cache_dir() / f"{archive.name.replace('.tar.xz', '')}_{_digest(repr(sorted(fp.items())))}"
-    )
-    marker = dest / ".complete"
-    if marker.is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(
-        dest.with_name(f".{dest.name}.lock"), what=f"the unpacked {archive.name}", on_wait=print
-    ):
-        if marker.is_file():  # unpacked by the process we waited for
-            return dest
-        for stale in dest.parent.glob(f".{dest.name}.partial*"):  # interrupted unpacks
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial", dir=dest.parent))
-        try:
-            with tarfile.open(archive, "r:xz") as tar:
-                members = tar.getmembers()
-                need = sum(-(-m.size // 4096) * 4096 + 4096 for m in members)
-                check_free_space(dest.parent, need, what=f"unpacked {archive.name}")
-                tar.extractall(tmp, members=members, filter="data")
-            # the archive holds train/ and test/ either at its top or inside one folder
-            src = tmp if (tmp / "train").is_dir() else next(p for p in tmp.iterdir() if p.is_dir())
-            shutil.rmtree(dest, ignore_errors=True)
-            src.rename(dest)
-            marker.touch()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def _decode_imagefolder(root: Path, split: str) -> tuple[Tensor, Tensor, list[str]]:
-    import numpy as np
-    from PIL import Image
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-
-    folder = root / split
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    if not classes:
-        raise ValueError(
-            f"invalid parameter data_root={str(root)!r}: {folder} holds no class folders"
-        )
-    samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS)
-    images, labels = [], []
-    shape = None
-    for path, label in samples:
-        # Pillow, not torchvision.io (its decoders are deprecated since torchvision
-        # 0.29); on the 60,000 CIFAR-10 JPEGs both give the same pixels, bit for bit.
-        with Image.open(path) as im:
-            img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-        if shape is None:
-            shape = img.shape
-        elif img.shape != shape:
-            raise ValueError(
-                f"invalid image {path}: shape {tuple(img.shape)}, all images must share {tuple(shape)}"
-            )
-        images.append(img)
-        labels.append(label)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes
-
-
-def _can_reach(host: str, timeout: float = 4.0) -> bool:
-    """Whether a TCP connection to ``host:443`` opens within ``timeout`` seconds
-    (name lookup included: it runs in a thread that is abandoned after the timeout)."""
-    if os.environ.get("LSS_OFFLINE") == "1":
-        return False
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(ok)
-
-
-def _check_download(dataset: str) -> None:
-    """Fail fast, before creating anything, when torchvision could not download ``dataset``.
-
-    Raises:
-        OSError: saying where to put the files instead.
-    """
-    host = _DOWNLOAD_HOSTS.get(dataset)
-    if host is not None and not _can_reach(host):
-        raise OSError(
-            f"{dataset} was not found locally and cannot be downloaded: {host} is not reachable "
-            f"(offline?). Put {_OFFLINE_FILES[dataset]} under a folder and pass it as data_root "
-            "or set LSS_DATA_ROOT to it (or put them under ./data), then rerun. Looked in: "
-            + ", ".join(str(p) for p in _candidates(None))
-        )
-
-
-def _torchvision_split(dataset: str, root: Path, split: str) -> tuple[Tensor, Tensor, list[str]]:
-    import numpy as np
-    import torchvision.datasets as tvd
-
-    have = root / (f"{split}_32x32.mat" if dataset == "svhn" else _TORCHVISION[dataset])
-    if not have.exists():  # torchvision will download: refuse before it starts
-        _check_download(dataset)
-        check_free_space(root, _DOWNLOAD_BYTES.get(dataset, 0), what=f"{dataset} download")
-    train = split == "train"
-    if dataset == "svhn":
-        ds = tvd.SVHN(str(root), split=split, download=True)
-        x = torch.from_numpy(np.asarray(ds.data))
-        y = torch.from_numpy(np.asarray(ds.labels)).long()
-        return x, y, [str(i) for i in range(10)]
-    cls = tvd.CIFAR10 if dataset == "cifar10" else tvd.CIFAR100
-    ds = cls(str(root), train=train, download=True)
-    x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
+    return cache_dir() / f"{dataset}_{digest(str(source.resolve()))}_{split}"
 
 
 def load_split_uint8(
@@ -387,8 +173,12 @@ def load_split_uint8(
 ) -> tuple[Tensor, Tensor, list[str]]:
     """Decode one split as uint8, through the safetensors cache.
 
+    The unit's ``load_split`` (:class:`lsslib.datasets.Dataset`) decodes on a
+    cache miss: Pillow for ImageFolder trees and archives of them, torchvision's
+    loaders for native files.
+
     Args:
-        dataset: ``cifar10``, ``cifar100``, ``svhn`` or ``imagefolder``.
+        dataset: a registered dataset name (:func:`lsslib.datasets.names`).
         split: ``train`` or ``test``.
         data_root: see :func:`find_data_root`.
 
@@ -396,19 +186,21 @@ def load_split_uint8(
         ``(images, labels, classes)``: uint8 ``[N, C, H, W]``, int64 ``[N]``, class names.
 
     Raises:
-        ValueError: a ``data_root`` that does not exist or lacks the dataset.
+        ValueError: an unknown ``dataset`` or ``split``; a ``data_root`` that does not
+            exist or lacks the dataset.
         OSError: the dataset is nowhere on disk and its server cannot be reached (at
             once, nothing created); ``DiskFull`` when the cache entry would not fit.
     """
+    ds = datasets.get(dataset)
+    check_choice("split", split, _SPLITS)
     root = find_data_root(dataset, data_root)
-    src = _source_path(dataset, root)
+    src = ds.source(root)
     stem = _split_stem(dataset, split, src)
-    cached = _read_cached(stem, source_fingerprint(src))
+    cached = _read_cached(stem, ds.fingerprint(src))
     if cached is not None:
         return cached
     download = root is None  # torchvision may download into ./data
-    dl_root = root or (Path.cwd() / "data")
-    created = [p for p in (dl_root, cache_dir()) if not p.exists()]
+    created = [p for p in (download_root(root), cache_dir()) if not p.exists()]
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(
@@ -416,10 +208,10 @@ def load_split_uint8(
             what=f"the cached {dataset} {split}",
             on_wait=print,
         ):
-            cached = _read_cached(stem, source_fingerprint(src))  # decoded by the one we waited for
+            cached = _read_cached(stem, ds.fingerprint(src))  # decoded by the one we waited for
             if cached is not None:
                 return cached
-            return _decode_split(dataset, split, root, src, stem)
+            return _decode_split(ds, split, root, src, stem)
     except BaseException:
         if download:  # a failed download leaves nothing behind
             for p in created:
@@ -438,27 +230,17 @@ def _read_cached(stem: Path, fingerprint: dict) -> tuple[Tensor, Tensor, list[st
 
 
 def _decode_split(
-    dataset: str, split: str, root: Path | None, src: Path, stem: Path
+    ds: datasets.Dataset, split: str, root: Path | None, src: Path, stem: Path
 ) -> tuple[Tensor, Tensor, list[str]]:
-    fingerprint = source_fingerprint(src)
-    if dataset in _ARCHIVES and src.name == _ARCHIVES[dataset] and src.is_file():
-        x, y, classes = _decode_imagefolder(_unpack_archive(src), split)
-        source = str(src)
-    elif (src / "train").is_dir():
-        x, y, classes = _decode_imagefolder(src, split)
-        source = str(src)
-    else:  # images of a known count: refuse before downloading or decoding
-        n = _SPLIT_SIZES[(dataset, split)]
-        check_free_space(stem.parent, n * (3 * 32 * 32 + 8), what=f"cached {dataset} {split}")
-        dl_root = root or (Path.cwd() / "data")
-        x, y, classes = _torchvision_split(dataset, dl_root, split)
-        source = f"torchvision:{dl_root}"
-        fingerprint = source_fingerprint(src)  # what a download has just created
+    fingerprint = ds.fingerprint(src)  # before decoding: a change meanwhile decodes again
+    x, y, classes = ds.load_split(root, split)
+    if root is None:
+        fingerprint = ds.fingerprint(src)  # what a download has just created
     save_artifact(
         stem,
         {"images": x, "labels": y},
         kind="dataset",
-        extra={"classes": classes, "source": source, "fingerprint": fingerprint},
+        extra={"classes": classes, "source": ds.provenance(root), "fingerprint": fingerprint},
     )
     return x, y, classes
 
@@ -653,8 +435,9 @@ def _fit_normaliser(
         mean, std = torch.zeros(c), torch.ones(c)
         if normalisation == "none":
             return Normaliser(mean, std)
-    elif dataset in _MEANS:
-        mean, std = (torch.tensor(v) for v in _MEANS[dataset])
+    elif dataset in datasets.names() and datasets.get(dataset).mean is not None:
+        unit = datasets.get(dataset)
+        mean, std = torch.tensor(list(unit.mean)), torch.tensor(list(unit.std))
     else:
         xf = x_train.float() / 255.0
         mean, std = xf.mean(dim=(0, 2, 3)), xf.std(dim=(0, 2, 3))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lsslib import data as lssdata
+from lsslib import datasets
 from lsslib.config import DataConfig
 from lsslib.data import Normaliser, class_balanced_indices
 
@@ -226,7 +227,7 @@ def test_imagefolder_decode_and_cache(tmp_path, monkeypatch):
     def no_decode(*_a, **_k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(lssdata, "_decode_imagefolder", no_decode)
+    monkeypatch.setattr(datasets.get("imagefolder"), "load_split", no_decode)
     x2, y2, c2 = lssdata.load_split_uint8("imagefolder", "train", str(tmp_path / "imgs"))
     assert torch.equal(x2, x) and torch.equal(y2, y) and c2 == classes
 
@@ -322,19 +323,21 @@ def test_downloaded_dataset_is_decoded_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LSS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(lssdata, "_candidates", lambda _root: [tmp_path / "data"])
+    unit = datasets.get("cifar10")
+    monkeypatch.setattr(unit, "check_download", lambda: None)  # the server is reachable
     calls = []
 
-    def fake_download(dataset, root, split):  # what torchvision leaves behind
-        calls.append((dataset, root, split))
+    def fake_download(root, split):  # what torchvision leaves behind
+        calls.append((root, split))
         (root / "cifar-10-batches-py").mkdir(parents=True, exist_ok=True)
         return torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"]
 
-    monkeypatch.setattr(lssdata, "_torchvision_split", fake_download)
+    monkeypatch.setattr(unit, "load_native", fake_download)
     assert lssdata.find_data_root("cifar10") is None
     x1, y1, _ = lssdata.load_split_uint8("cifar10", "train")
     assert lssdata.find_data_root("cifar10") == tmp_path / "data"
     x2, y2, _ = lssdata.load_split_uint8("cifar10", "train")
-    assert len(calls) == 1 and calls[0][1] == tmp_path / "data"
+    assert len(calls) == 1 and calls[0][0] == tmp_path / "data"
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 

@@ -152,3 +152,93 @@ def test_no_parameterisation_name_outside_the_registry():
             if pattern.search(line):
                 hits.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert hits == []
+
+
+#: Where a dataset may be named: its unit (``lsslib/datasets/``) and the experiment
+#: profiles, which choose one (``lsslib/_profiles/``).
+DATASET_HOMES = ("lsslib/datasets", "lsslib/_profiles")
+
+
+def _docstring_lines(source: str) -> set[int]:
+    """Line numbers covered by the module, class and function docstrings of ``source``."""
+    tree = ast.parse(source)
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                lines.update(range(body[0].lineno, body[0].end_lineno + 1))
+    return lines
+
+
+def _name_pattern(names: tuple[str, ...]) -> str:
+    """A registered name as a whole token: not inside a longer lowercase name or number
+    (``cifar10`` is not found in ``cifar100``; ``_`` and ``-`` end a token)."""
+    return rf"(^|[^a-z0-9])({'|'.join(map(re.escape, names))})([^a-z0-9]|$)"
+
+
+def _dataset_name_hits(grep_lines: list[str], sources: dict[str, str]) -> list[str]:
+    """``path:line:text`` lines of ``git grep -n`` that are not inside a docstring."""
+    hits, docs = [], {}
+    for hit in grep_lines:
+        path, lineno, text = hit.split(":", 2)
+        if path not in docs:
+            docs[path] = _docstring_lines(sources[path]) if path.endswith(".py") else set()
+        if int(lineno) not in docs[path]:
+            hits.append(f"{path}:{lineno}: {text.strip()}")
+    return hits
+
+
+def test_the_dataset_name_rule_tells_code_from_docstrings():
+    source = '''"""A module about ``cifar10``."""
+x = "cifar10"  # code
+def f():
+    """Example: ``DataConfig(dataset="svhn")``."""
+    return 1  # e.g. svhn
+y = "cifar100_a"
+'''
+    lines = source.splitlines()
+    pat = re.compile(_name_pattern(("cifar10", "svhn")))
+    grep = [f"m.py:{i}:{t}" for i, t in enumerate(lines, 1) if pat.search(t)]
+    assert [h.split(":")[1] for h in _dataset_name_hits(grep, {"m.py": source})] == ["2", "5"]
+
+
+def test_no_dataset_name_outside_the_registry():
+    """Rule: a registered dataset name (exactly as registered, lowercase, as a whole token)
+    occurs in ``lsslib/`` only in its unit (``lsslib/datasets/``), in the profiles
+    (``lsslib/_profiles/``, which choose one) or in a docstring, where it names an example
+    (``DataConfig(dataset=...)``); never in code, a string literal or a comment: the
+    library asks :mod:`lsslib.datasets` instead. Spelled titles (``CIFAR-10`` in prose)
+    are not names. Tracked and untracked (not ignored) files, through ``git grep``.
+    """
+    from lsslib import datasets
+
+    names = datasets.names()
+    assert {"cifar10", "cifar100", "svhn"} <= set(names)
+    excludes = [f":(exclude){home}" for home in DATASET_HOMES]
+    proc = subprocess.run(
+        ["git", "grep", "--untracked", "-n", "-E", _name_pattern(names), "--", "lsslib", *excludes],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    if proc.returncode not in (0, 1):  # 1: no match
+        raise AssertionError(f"git grep failed: {proc.stderr}")
+    lines = proc.stdout.splitlines()
+    sources = {p: (ROOT / p).read_text() for p in {h.split(":", 1)[0] for h in lines}}
+    assert _dataset_name_hits(lines, sources) == []
+    # the homes do name them (the pattern finds what it is meant to find)
+    inside = subprocess.run(
+        ["git", "grep", "--untracked", "-l", "-E", _name_pattern(names), "--", *DATASET_HOMES],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert "lsslib/datasets/cifar10.py" in inside.stdout.split()
