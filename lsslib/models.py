@@ -12,6 +12,11 @@ pool, then one Linear layer; PyTorch's default uniform initialisation.
 ConvNetD3 (PAPER.md 2.9): depth 3, width 128, instance norm (GroupNorm with one
 group per channel, affine), average pooling: 320,010 parameters for 10 classes,
 504,420 for 100.
+
+One-channel input (Fashion-MNIST's 1 x 28 x 28) follows the reference: its first
+convolution pads by 3 instead of 1 (``padding=3 if channel == 1 and d == 0``), so a
+28x28 image is a 32x32 map after it and the blocks see CIFAR's sides (features
+4x4 after three poolings, as the reference's ``im_size`` 28 -> 32).
 """
 
 from __future__ import annotations
@@ -71,13 +76,23 @@ class ConvNetSpec:
         if spec.feature_side < 1:
             raise ValueError(
                 f"invalid parameter net_depth={cfg.net_depth}: allowed at most "
-                f"{int(math.log2(side))} for {side}x{side} images with pooling"
+                f"{int(math.log2(side + 2 * (spec.first_padding - 1)))} for {side}x{side} "
+                f"images with {channels} channel(s) and pooling"
             )
         return spec
 
     @property
+    def first_padding(self) -> int:
+        """Padding of the first convolution: 3 for one input channel (the reference's
+        ``ConvNet``), else 1 (every later convolution pads by 1)."""
+        return 3 if self.channels == 1 else 1
+
+    @property
     def feature_side(self) -> int:
-        return self.side if self.pooling == "none" else self.side // 2**self.depth
+        """Side of the last block's output (the first convolution widens the image by
+        ``2 * (first_padding - 1)``; each pooling halves, rounding down)."""
+        side = self.side + 2 * (self.first_padding - 1)
+        return side if self.pooling == "none" else side // 2**self.depth
 
     def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """``(name, shape)`` of every parameter, in flat-vector order."""
@@ -165,8 +180,8 @@ def convnet_forward(spec: ConvNetSpec, flat: Tensor, x: Tensor) -> Tensor:
     params = spec.unflatten(flat)
     i = 0
     h = x
-    for _ in range(spec.depth):
-        h = F.conv2d(h, params[i], params[i + 1], padding=1)
+    for d in range(spec.depth):
+        h = F.conv2d(h, params[i], params[i + 1], padding=spec.first_padding if d == 0 else 1)
         i += 2
         if spec.norm == "instancenorm":
             h = F.group_norm(h, spec.width, params[i], params[i + 1])
@@ -216,7 +231,7 @@ def compiled_forward(
 
 def flops_per_image(spec: ConvNetSpec) -> int:
     """Multiply-adds x 2 of one forward pass on one image (convs and the linear layer)."""
-    total, side, cin = 0, spec.side, spec.channels
+    total, side, cin = 0, spec.side + 2 * (spec.first_padding - 1), spec.channels
     for _ in range(spec.depth):
         total += 2 * side * side * spec.width * cin * 9
         cin = spec.width

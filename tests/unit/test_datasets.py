@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from lsslib import config, data, datasets
-from lsslib.config import DataConfig
+from lsslib.config import DataConfig, ModelConfig
+from lsslib.models import ConvNetSpec, convnet_forward, init_flat
 
 Split = tuple[torch.Tensor, torch.Tensor, list[str]]
 
@@ -309,3 +310,35 @@ def test_register_refuses_a_nameless_or_duplicate_dataset():
     with pytest.raises(ValueError, match="registered twice"):
         datasets.register(Twice)
     assert type(datasets.get(datasets.DEFAULT)).__name__ != "Twice"
+
+
+def _reference_convnet(channels: int, side: int, k: int, width: int, depth: int) -> torch.nn.Module:
+    """The reference ``ConvNet`` (DC/DSA/MTT ``networks.py``): 28x28 treated as 32x32, and
+    ``padding=3 if channel == 1 and d == 0 else 1``; instance norm, ReLU, average pooling."""
+    layers: list[torch.nn.Module] = []
+    cin, feat = channels, 32 if side == 28 else side
+    for d in range(depth):
+        layers += [
+            torch.nn.Conv2d(cin, width, 3, padding=3 if channels == 1 and d == 0 else 1),
+            torch.nn.GroupNorm(width, width, affine=True),
+            torch.nn.ReLU(),
+            torch.nn.AvgPool2d(2, 2),
+        ]
+        cin, feat = width, feat // 2
+    return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(width * feat * feat, k))
+
+
+@pytest.mark.parametrize(("channels", "side"), [(1, 28), (3, 32)])
+def test_convnet_matches_the_reference_at_each_dataset_shape(channels, side):
+    """1 x 28 x 28 (Fashion-MNIST) and 3 x 32 x 32: same parameter count and logits as the
+    reference module loaded with the same flat vector."""
+    spec = ConvNetSpec.from_config(
+        ModelConfig(net_width=8), channels=channels, side=side, num_classes=10
+    )
+    ref = _reference_convnet(channels, side, 10, 8, 3)
+    assert spec.num_params == sum(p.numel() for p in ref.parameters())
+    assert spec.feature_side == 4
+    flat = init_flat(spec, torch.Generator().manual_seed(0))
+    torch.nn.utils.vector_to_parameters(flat, ref.parameters())
+    x = torch.randn(5, channels, side, side, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(convnet_forward(spec, flat, x), ref(x), rtol=1e-5, atol=1e-5)
