@@ -29,6 +29,22 @@ if [[ ! -f "$root/_config.yml" ]]; then
   exit 1
 fi
 
+# The Python that has lsslib: the repository's .venv, else the one beside jupyter-book.
+if [[ -x "$root/.venv/bin/python" ]]; then
+  PYTHON="$root/.venv/bin/python"
+elif [[ -x "$(dirname "$JUPYTER_BOOK")/python" ]]; then
+  PYTHON="$(dirname "$JUPYTER_BOOK")/python"
+else
+  PYTHON="$(command -v python3)"
+fi
+
+# book/assemble.py puts the inputs in order: without pipeline results it makes them from
+# the committed records of the cpu profile (records/cpu/); it runs the study notebook on
+# records/study/ (the study page's tables and figures, and the appendix's 07_study); it
+# writes the short speed table; it cleans the executed notebooks (progress bars as their
+# last line, no widgets, no local paths).
+"$PYTHON" "$book/assemble.py" "$root"
+
 if [[ ! -f "$book/_generated/run_info.md" ]]; then
   echo "book/build.sh: $book/_generated/ holds no results." >&2
   echo "  Run the pipeline first (its summary stage writes book/_generated/)," >&2
@@ -36,15 +52,10 @@ if [[ ! -f "$book/_generated/run_info.md" ]]; then
   exit 1
 fi
 
-# The study page (study.md) reads the study's records of record (make study writes
-# records/study/; they are committed, so a checkout has them). A copy of the book
-# without records/ (the book tests) must bring its own _generated/study/.
-if [[ -f "$root/records/study/study/effects.md" ]]; then
-  rm -rf "$book/_generated/study"
-  mkdir -p "$book/_generated/study"
-  cp "$root"/records/study/study/*.md "$root"/records/study/study/*.csv \
-    "$root"/records/study/study/*.png "$book/_generated/study/"
-elif [[ ! -f "$book/_generated/study/effects.md" ]]; then
+# The study page (study.md) reads the study's tables, made by book/assemble.py from
+# records/study/ (committed, so a checkout has them). A copy of the book without
+# records/ (the book tests) must bring its own _generated/study/.
+if [[ ! -f "$book/_generated/study/effects.md" ]]; then
   echo "book/build.sh: no study tables in $root/records/study/study/ (run make study)" >&2
   exit 1
 fi

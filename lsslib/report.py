@@ -96,11 +96,20 @@ def describe_device(device: torch.device | str) -> str:
 
 
 def save_figure(fig, path: str | Path, dpi: int = 130, close: bool = False) -> Path:
-    """Save a matplotlib figure as PNG atomically (left open, so a notebook shows it)."""
+    """Save a matplotlib figure as PNG atomically (left open, so a notebook shows it).
+
+    The PNG records its smallest font (``lss:min_font_pt``, from
+    :func:`lsslib.plots.min_font_pt`) and its ``lss:dpi``, so that a reader of the
+    file (the book's browser tests) can compute how large its text renders on a page:
+    px = pt * dpi / 72 * rendered width / PNG width.
+    """
     import matplotlib.pyplot as plt
 
+    from .plots import min_font_pt
+
+    meta = {"lss:min_font_pt": f"{min_font_pt(fig):.2f}", "lss:dpi": str(dpi)}
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata=meta)
     if close:
         plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

@@ -12,12 +12,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from . import __version__, parameterisations
 from .report import fmt_acc
-from .results import EvalRecord, Results, run_facts
+from .results import EvalRecord, Results, read_json, run_facts
 from .synset import layout
 
 __all__ = [
@@ -38,13 +39,21 @@ ANCHORS_CIFAR10_IPC1 = {"random real": 14.4, "MTT": 46.3, "DATM": 46.9, "full tr
 def _baseline_row(results: Results, name: str) -> dict[str, Any]:
     m = EvalRecord.read(results.baseline(name).metrics)
     st = m.storage
+    nets = len(m.result["accuracies"])
+    label = m.label
+    if m.baseline == "full":  # say what it is: this profile's training set, and how few nets
+        label = (
+            f"full training set: {st['images_per_class']} training images per class, "
+            f"{nets} network{'s' if nets != 1 else ''}"
+        )
     return {
-        "method": m.label,
+        "method": label,
         "images/class": st["images_per_class"],
         "stored floats": st["image_floats"] + st["label_floats"] + st["lr_floats"],
         "bytes": st["total_bytes"],
         "acc_mean": m.mean,
         "acc_std": m.std,
+        "accuracy (%)": spread_text(m.result["accuracies"]),
     }
 
 
@@ -80,32 +89,36 @@ def main_table(
                 "bytes": r["bytes"],
                 "acc_mean": r["acc_mean"],
                 "acc_std": r["acc_std"],
+                "accuracy (%)": spread_text(
+                    EvalRecord.read(results.run(run).eval.metrics).result["accuracies"]
+                ),
             }
         )
     rows += [_baseline_row(results, b) for b in baselines]
     df = pd.DataFrame(rows)
-    df["accuracy (%)"] = [fmt_acc(m, s) for m, s in zip(df["acc_mean"], df["acc_std"], strict=True)]
     df["source"] = f"measured here ({profile}, {hardware})"
     return df
 
 
 def storage_table(channels: int = 3, side: int = 32, num_classes: int = 10) -> pd.DataFrame:
-    """Images per class that fit IPC 1/10/50 for each parameterisation and rank (PAPER.md 2.2).
+    """Images per class that fit IPC 1/10/50 for each parameterisation and rank (PAPER.md 2.2),
+    and the share of each budget the images use, in four short columns (the budgets are in
+    the last column's header).
 
     Every registered parameterisation, ranks 2/4/8/16 for those with a rank, solved by
     its unit (:func:`lsslib.synset.layout`; hard labels; soft labels are reported beside
     the budget, or counted with ``strict_budget``).
     """
-    rows = []
+    ipcs = (1, 10, 50)
+    rows, budgets = [], {}
     combos = [
         (name, r)
         for name in parameterisations.names()
         for r in ((2, 4, 8, 16) if parameterisations.get(name).uses_rank else (0,))
     ]
     for par, r in combos:
-        row: dict[str, Any] = {"parameterisation": par, "rank r": r or "-"}
-        for ipc in (1, 10, 50):
-            lay = layout(
+        lays = [
+            layout(
                 par,
                 ipc=ipc,
                 rank=max(r, 1),
@@ -116,10 +129,23 @@ def storage_table(channels: int = 3, side: int = 32, num_classes: int = 10) -> p
                 soft_labels=False,
                 strict_budget=False,
             )
-            row[f"IPC {ipc}: images/class"] = lay.images_per_class
-            row[f"IPC {ipc}: floats used / budget"] = f"{lay.image_floats} / {lay.budget_floats}"
-        rows.append(row)
-    return pd.DataFrame(rows)
+            for ipc in ipcs
+        ]
+        budgets = {ipc: lay.budget_floats for ipc, lay in zip(ipcs, lays, strict=True)}
+        used = [100 * lay.image_floats / lay.budget_floats for lay in lays]
+        rows.append(
+            {
+                "parameterisation": par,
+                "rank r": r or "-",
+                "images/class at IPC 1 / 10 / 50": " / ".join(
+                    str(lay.images_per_class) for lay in lays
+                ),
+                "budget used (%)": " / ".join(f"{u:.1f}".rstrip("0").rstrip(".") for u in used),
+            }
+        )
+    df = pd.DataFrame(rows)
+    budget = " / ".join(f"{budgets[i]:,}" for i in ipcs)
+    return df.rename(columns={"budget used (%)": f"budget used (%) of {budget} floats"})
 
 
 def reproduce_table(bench_dir: str | Path) -> pd.DataFrame:
@@ -305,3 +331,152 @@ def run_info_markdown(
         "time is on the Reproduce page).\n"
         ":::\n"
     )
+
+
+# ----------------------------------------------------------------- the readers' plots
+
+
+def spread_text(accuracies: Sequence[float]) -> str:
+    """Accuracies (fractions) of the evaluation networks as the book shows them (%):
+    ``mean ± std`` (population std, as :func:`lsslib.report.fmt_acc`) from 3 networks
+    on, a range from 2 (a std of 2 means nothing), the value alone from 1."""
+    acc = [100 * a for a in accuracies]
+    if len(acc) >= 3:
+        return f"{float(np.mean(acc)):.1f} ± {float(np.std(acc)):.1f}"
+    if len(acc) == 2:
+        return f"{float(np.mean(acc)):.1f} (range {min(acc):.1f} to {max(acc):.1f}, 2 networks)"
+    return f"{acc[0]:.1f} (1 network)" if acc else "-"
+
+
+def equal_storage_rows(main: pd.DataFrame, slack: float = 1.2) -> pd.DataFrame:
+    """The rows of :func:`main_table` whose storage is within ``slack`` x the first row's
+    (MTT-LSS's): the comparison at equal storage, without the full training set."""
+    budget = float(main.iloc[0]["stored floats"])
+    return main[main["stored floats"] <= slack * budget]
+
+
+def comparison_figures(
+    results: Results,
+    main_df: pd.DataFrame,
+    rank_runs: Sequence[str],
+    figs: str | Path,
+    num_eval: int,
+) -> list[Path]:
+    """The readers' plots of one profile, next to the summary stage's figures.
+
+    * ``main_bars.png``: the main comparison at equal storage, bars with the std over
+      the ``num_eval`` evaluation networks of one distillation (:func:`plots.method_bars`);
+    * ``storage_accuracy.png``: accuracy against stored floats for every rank run and the
+      equal-storage rows, per IPC that has records (:func:`plots.storage_accuracy`).
+    """
+    from . import plots
+    from .report import save_figure
+
+    figs = Path(figs)
+    eq = equal_storage_rows(main_df)
+    bars = pd.DataFrame(
+        {"label": eq["method"], "acc": 100 * eq["acc_mean"], "err": 100 * eq["acc_std"]}
+    )
+    spread = f"{num_eval} evaluation networks of one distillation"
+    out = [save_figure(plots.method_bars(bars, spread), figs / "main_bars.png", close=True)]
+    rows = [run_facts(results.run(r), r) for r in rank_runs]
+    ipc = {r: read_json(results.run(r).synset_json)["config"]["distill"]["ipc"] for r in rank_runs}
+    pts = pd.DataFrame(
+        [
+            {
+                "label": f"{r['title']} r={r['rank']}",
+                "ipc": ipc[r["run"]],
+                "floats": r["floats"],
+                "acc": 100 * r["acc_mean"],
+                "err": 100 * r["acc_std"],
+            }
+            for r in rows
+        ]
+    )
+    others = eq[~eq["method"].str.startswith("MTT-LSS")]
+    pts = pd.concat(
+        [
+            pts,
+            pd.DataFrame(
+                {
+                    "label": others["method"],
+                    "ipc": pts["ipc"].iloc[0] if len(pts) else 1,
+                    "floats": others["stored floats"],
+                    "acc": 100 * others["acc_mean"],
+                    "err": 100 * others["acc_std"],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    missing = sorted({1, 10, 50} - set(pts["ipc"]))
+    note = f"no records at IPC {', '.join(map(str, missing))} yet" if missing else ""
+    out.append(
+        save_figure(plots.storage_accuracy(pts, note), figs / "storage_accuracy.png", close=True)
+    )
+    return out
+
+
+def study_figures(results_dir: str | Path, profile: str, out: str | Path) -> list[Path]:
+    """The study's readers' plots, from its records (:class:`lsslib.study.StudyRecords`).
+
+    * ``cells_bars.png``: every cell's accuracy, bars with the std over distillation seeds;
+    * ``accuracy_iteration.png``: accuracy against distillation iteration per cell, from
+      the sets saved during distillation and the final ones (mean ± std over seeds).
+    """
+    from . import plots, study
+    from .report import save_figure
+
+    rec = study.StudyRecords(results_dir, profile)
+    out = Path(out)
+    cells = study.cells_table(rec)
+    bars = pd.DataFrame(
+        {
+            "label": [
+                f"{c}: {s}, {_short_labels(lab)}"
+                for c, s, lab in zip(cells["cell"], cells["set"], cells["labels"], strict=True)
+            ],
+            "acc": cells["_mean"],
+            "err": [float(np.std(list(rec.scores(c).values()), ddof=1)) for c in cells["cell"]],
+        }
+    )
+    spread = f"{len(rec.seeds)} distillation seeds"
+    files = [save_figure(plots.method_bars(bars, spread), out / "cells_bars.png", close=True)]
+    curves = _iteration_curves(rec)
+    if curves:
+        fig = plots.accuracy_vs_iteration(curves, spread)
+        files.append(save_figure(fig, out / "accuracy_iteration.png", close=True))
+    return files
+
+
+def _short_labels(labels: str) -> str:
+    """The study's label kinds in a few words, for a plot's tick labels."""
+    if "argmax" in labels:
+        return "argmax labels"
+    if "counted" in labels:
+        return "soft labels in budget"
+    return labels.replace("learned ", "").replace(" (DATM's rule)", "") + " labels"
+
+
+def _iteration_curves(rec) -> dict[str, tuple[list[int], list[float], list[float]]]:
+    """``{cell: (iterations, mean %, std % over seeds)}`` from the snapshot evaluations
+    (``iteration`` set) and the final evaluations of the same runs."""
+    at: dict[str, dict[int, list[float]]] = {}
+    for name, e in rec.profile["evals"].items():
+        if e["iteration"] is None:
+            continue
+        base, _seed = rec.profile["seed_of"][e["of"]]
+        at.setdefault(base, {}).setdefault(int(e["iteration"]), []).append(
+            100 * rec.record(name).mean
+        )
+    curves = {}
+    for base, by_it in at.items():
+        final_it = int(read_json(rec.res.run(base).synset_json)["iterations"])
+        by_it[final_it] = list(rec.scores(base).values())
+        its = sorted(by_it)
+        curves[base] = (
+            its,
+            [float(np.mean(by_it[i])) for i in its],
+            [float(np.std(by_it[i], ddof=1)) if len(by_it[i]) > 1 else 0.0 for i in its],
+        )
+    return curves

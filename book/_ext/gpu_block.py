@@ -21,7 +21,7 @@ PAGE = "gpu"
 NOT_MEASURED = (
     ":::{admonition} GPU results: not measured yet\n"
     ":class: warning\n"
-    "No run of the one-lease GPU suite has been unpacked into this repository "
+    "No run of the GPU suite has been unpacked into this repository "
     "(`records/gpu/summary.md` is absent), so this page has no GPU figures yet. "
     "On an H100 or H200, `bash benchmarks/gpu_suite.sh` writes its output folder; "
     "`python benchmarks/gpu_suite.py --unpack DIR` then copies it into "

@@ -29,6 +29,8 @@ FIGURES = [
     "rank_accuracy_storage",
     "schedule_ablation",
     "eval_curves",
+    "main_bars",
+    "storage_accuracy",
 ]
 
 # stem -> (header, rows); every cell of every row is fake.
@@ -55,8 +57,8 @@ TABLES = {
         [["average gain over baselines", "+9.9 % (paper)", "PLACEHOLDER", "PLACEHOLDER"]],
     ),
     "storage": (
-        ["r", "IPC 1", "IPC 10", "IPC 50"],
-        [[str(r), "PLACEHOLDER", "PLACEHOLDER", "PLACEHOLDER"] for r in (2, 4, 8, 16)],
+        ["parameterisation", "rank r", "images/class at IPC 1 / 10 / 50", "budget used (%)"],
+        [["lowrank", str(r), "PLACEHOLDER", "PLACEHOLDER"] for r in (2, 4, 8, 16)],
     ),
     "reproduce": (
         ["stage", "wall time (s)", "peak RSS (MB)"],
@@ -79,6 +81,13 @@ TABLES = {
             for s in ("experts", "distill", "evaluate")
         ],
     ),
+    "speed_summary": (
+        ["stage", "configuration", "speed ratio", "GPU targets"],
+        [
+            [s, "PLACEHOLDER", "PLACEHOLDER", "PLACEHOLDER"]
+            for s in ("experts", "distill", "evaluate")
+        ],
+    ),
     "speed_runs": (
         ["stage", "configuration", "device", "command"],
         [
@@ -96,7 +105,7 @@ TABLES = {
     ),
 }
 
-# The study page's inputs (records/study/study/, copied by book/build.sh): stem -> header.
+# The study page's inputs (made from records/study/ by book/assemble.py): stem -> header.
 STUDY_TABLES = {
     "cells": ["cell", "set", "labels", "stored floats", "accuracy (%), ± over seeds"],
     "effects": ["effect", "difference (pp)", "95 % t CI (pp)", "verdict"],
@@ -105,6 +114,10 @@ STUDY_TABLES = {
     "crossarch": ["set", "distillation net", "other net"],
 }
 
+STUDY_FIGURES = ["effects", "cells_bars", "accuracy_iteration"]
+# written by book/assemble.py from the study's CSVs (in a copy too): the short tables
+STUDY_SHORT = ["effects_short", "cells_short"]
+
 NOTEBOOKS = [
     "01_buffers",
     "02_distill",
@@ -112,6 +125,7 @@ NOTEBOOKS = [
     "04_ablation_rank",
     "05_ablation_schedule",
     "06_summary",
+    "07_study",
 ]
 
 RUN_INFO = """\
@@ -213,7 +227,8 @@ def write_placeholders(dest: Path) -> None:
         rows = [["PLACEHOLDER"] * len(header)]
         (study / f"{stem}.md").write_text(_markdown_table(header, rows))
         (study / f"{stem}.csv").write_text(_csv(header, rows))
-    (study / "effects.png").write_bytes(_png("effects"))
+    for stem in STUDY_FIGURES:
+        (study / f"{stem}.png").write_bytes(_png(stem))
     (study / "findings.md").write_text("- PLACEHOLDER finding.\n")
     (study / "study_info.md").write_text("PLACEHOLDER study run.\n")
     png = _png("notebook output")

@@ -7,9 +7,20 @@ Checks, page by page, over a local HTTP server on 127.0.0.1:
     events from ChromeDriver's performance log);
   * pages with math get it typeset by the vendored MathJax (mjx-container);
   * every <figure> has a numbered caption "Fig. N".
+Then, as a reader at a 1280 px window sees the pages:
+  * nothing is wider than the page column (the article): an element past its edge
+    must sit in a box that scrolls horizontally and itself fits (a table's wrapper);
+  * every figure's text renders at 11 px or more: the PNG records its smallest font
+    and dpi (lsslib.report.save_figure), and px = pt * dpi / 72 * shown / PNG width;
+  * no local filesystem path (/root/, /home/, /work/, /tmp/) in any page's text;
+  * commands keep their "--": no en dash in any <code>/<pre>, and none before an
+    option name anywhere in a page's text.
+Each of these checks is also run once on a page with a planted fault, so that a
+check that cannot fail fails the test.
 Then: the built-in search finds the results page for "accuracy"; one page
-opened through file:// typesets its math; a screenshot of the results page
-goes to <BOOK_HTML>/../screenshots/results.png (_build/screenshots/ by default).
+opened through file:// typesets its math; full-page screenshots of the intro,
+results, study, rank and schedule ablation, reproduce and GPU pages go to
+<BOOK_HTML>/../screenshots/ (_build/screenshots/ by default).
 
 The book directory comes from $BOOK_HTML (default _build/html, relative to the
 repository root). An unbuilt book is a failure, not a skip: run `make book`.
@@ -314,11 +325,173 @@ def test_math_over_file_url(book, driver):
     assert not severe, severe
 
 
-def test_screenshot_results(book, server, driver):
+SCREENSHOTS = {
+    "intro": "intro.html",
+    "results": "results.html",
+    "study": "study.html",
+    "ablation_rank": "ablation_rank.html",
+    "ablation_schedule": "ablation_schedule.html",
+    "reproduce": "reproduce.html",
+    "gpu": "gpu.html",
+}
+
+
+def test_screenshots(book, server, driver):
+    """Full-page screenshots at 1280 px of the pages a reader opens first."""
     shots = book.parent / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    driver.get(f"{server}/results.html")
-    _wait(driver, MATH_DONE.replace("> 0", ">= 0"), 5)
-    target = shots / "results.png"
-    assert driver.save_screenshot(str(target)), "screenshot failed"
-    assert target.stat().st_size > 10_000
+    try:
+        for name, page in SCREENSHOTS.items():
+            driver.set_window_size(1280, 1600)
+            driver.get(f"{server}/{page}")
+            _wait(driver, "return document.readyState === 'complete';", 30)
+            _wait(driver, MATH_DONE.replace("> 0", ">= 0"), 5)
+            height = driver.execute_script("return document.documentElement.scrollHeight;")
+            driver.set_window_size(1280, min(int(height) + 100, 12000))
+            time.sleep(0.5)
+            target = shots / f"{name}.png"
+            assert driver.save_screenshot(str(target)), f"screenshot of {page} failed"
+            assert target.stat().st_size > 10_000, target
+    finally:
+        driver.set_window_size(1280, 1600)
+
+
+# ------------------------------------------------------- what a reader sees at 1280 px
+
+# Elements past the article's edges that are not inside a horizontally scrolling box
+# which itself fits the article. A closed dropdown's content has no size and is skipped.
+OVERFLOW = """
+const col = document.querySelector('article.bd-article') || document.querySelector('main');
+const box = col.getBoundingClientRect();
+const bad = [];
+if (col.scrollWidth > col.clientWidth + 1) {
+  bad.push(`the column scrolls: ${col.scrollWidth} > ${col.clientWidth} px`);
+}
+for (const el of col.querySelectorAll('*')) {
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0) continue;
+  if (r.right <= box.right + 1 && r.left >= box.left - 1) continue;
+  let p = el.parentElement, inBox = false;
+  while (p && p !== col) {
+    const ox = getComputedStyle(p).overflowX;
+    const pr = p.getBoundingClientRect();
+    if ((ox === 'auto' || ox === 'scroll') && pr.right <= box.right + 1 && pr.left >= box.left - 1) {
+      inBox = true;
+      break;
+    }
+    p = p.parentElement;
+  }
+  if (!inBox) {
+    const what = el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+      (el.className && typeof el.className === 'string' ? '.' + el.className.split(' ')[0] : '');
+    bad.push(`${what}: ${Math.round(r.left)}-${Math.round(r.right)} px, column ` +
+             `${Math.round(box.left)}-${Math.round(box.right)} px`);
+  }
+}
+return bad.slice(0, 5);
+"""
+PLANT_WIDE = """
+const d = document.createElement('div');
+d.style.width = '3000px'; d.textContent = 'planted';
+(document.querySelector('article.bd-article') || document.querySelector('main')).appendChild(d);
+"""
+# Every image of the article: its URL, shown width and PNG width, and the column's width.
+IMAGES = """
+const col = document.querySelector('article.bd-article') || document.querySelector('main');
+return Array.from(col.querySelectorAll('img')).map(img => [
+  img.currentSrc || img.src, img.clientWidth, img.naturalWidth, col.clientWidth]);
+"""
+PAGE_TEXT = "return document.body.innerText;"
+CODE_TEXTS = "return Array.from(document.querySelectorAll('code, pre')).map(e => e.textContent);"
+LOCAL_PATH = re.compile(r"(?<![\w.~-])/(?:root|home|work|tmp|Users)/\S*")
+# an en dash where a command had "--": right before an option name
+DASHED_OPTION = re.compile(r"(?:^|\s)\u2013[a-z][\w-]*")
+MIN_TEXT_PX = 11.0
+
+
+def _reader_pages(book: Path) -> list[str]:
+    return [p for p in _pages(book) if p not in ("search.html", "genindex.html")]
+
+
+def _open(driver, server: str, page: str) -> None:
+    driver.get(f"{server}/{page}")
+    _wait(driver, "return document.readyState === 'complete';", 30)
+
+
+def _figure_text_problems(book: Path, server: str, images: list) -> list[str]:
+    """Images whose smallest text renders below MIN_TEXT_PX, or that do not say."""
+    from PIL import Image
+
+    problems = []
+    for src, shown, natural, column in images:
+        parsed = urlparse(src)
+        if parsed.scheme == "data" or not parsed.path.lower().endswith(".png"):
+            problems.append(f"{src[:80]}: not a PNG from lsslib.plots (no font record)")
+            continue
+        path = book / parsed.path.lstrip("/")
+        with Image.open(path) as im:
+            meta, width = dict(im.text), im.size[0]
+        if "lss:min_font_pt" not in meta or "lss:dpi" not in meta:
+            problems.append(f"{parsed.path}: no lss:min_font_pt / lss:dpi in the PNG")
+            continue
+        rendered = shown if shown > 0 else min(natural or width, column)
+        px = float(meta["lss:min_font_pt"]) * float(meta["lss:dpi"]) / 72 * rendered / width
+        if not px >= MIN_TEXT_PX:
+            problems.append(
+                f"{parsed.path}: smallest text {px:.1f} px "
+                f"({meta['lss:min_font_pt']} pt at {meta['lss:dpi']} dpi, {width} px shown at {rendered})"
+            )
+    return problems
+
+
+def _text_problems(text: str, codes: list[str]) -> list[str]:
+    problems = [f"local path: {m.group(0)[:80]}" for m in LOCAL_PATH.finditer(text)]
+    problems += [f"en dash in code: {c.strip()[:80]!r}" for c in codes if "\u2013" in c]
+    problems += [f"en dash for '--': {m.group(0).strip()!r}" for m in DASHED_OPTION.finditer(text)]
+    return problems
+
+
+def test_nothing_wider_than_the_column(server, book, driver):
+    failures = {}
+    for page in _reader_pages(book):
+        _open(driver, server, page)
+        bad = driver.execute_script(OVERFLOW)
+        if bad:
+            failures[page] = bad
+    assert not failures, json.dumps(failures, indent=2)
+    # the check itself can fail: a planted 3000 px element is found
+    _open(driver, server, "results.html")
+    driver.execute_script(PLANT_WIDE)
+    assert driver.execute_script(OVERFLOW), "the overflow check missed a planted 3000 px element"
+
+
+def test_figure_text_is_legible(server, book, driver):
+    failures, seen = {}, 0
+    for page in _reader_pages(book):
+        _open(driver, server, page)
+        images = driver.execute_script(IMAGES)
+        seen += len(images)
+        problems = _figure_text_problems(book, server, images)
+        if problems:
+            failures[page] = problems
+    assert seen >= 10, f"expected the book's figures, found {seen} images"
+    assert not failures, json.dumps(failures, indent=2)
+    # the check itself can fail: the same figure shown at a tenth of its width
+    _open(driver, server, "results.html")
+    src, _, natural, column = driver.execute_script(IMAGES)[0]
+    assert _figure_text_problems(book, server, [[src, max(1, natural // 10), natural, column]])
+
+
+def test_no_local_paths_and_commands_keep_their_dashes(server, book, driver):
+    failures = {}
+    for page in _reader_pages(book):
+        _open(driver, server, page)
+        problems = _text_problems(
+            driver.execute_script(PAGE_TEXT), driver.execute_script(CODE_TEXTS)
+        )
+        if problems:
+            failures[page] = problems[:8]
+    assert not failures, json.dumps(failures, indent=2)
+    # the checks themselves can fail: a planted path and a planted en dash are found
+    planted = _text_problems("see /work/main/x.py and run x \u2013out y", ["a \u2013out b"])
+    assert len(planted) == 3, planted

@@ -12,7 +12,14 @@ import re
 from pathlib import Path
 
 import yaml
-from make_placeholder_generated import FIGURES, NOTEBOOKS, STUDY_TABLES, TABLES
+from make_placeholder_generated import (
+    FIGURES,
+    NOTEBOOKS,
+    STUDY_FIGURES,
+    STUDY_SHORT,
+    STUDY_TABLES,
+    TABLES,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 BOOK = REPO / "book"
@@ -55,9 +62,11 @@ def test_generated_paths_are_in_the_contract():
     known = {"_generated/run_info.md", "_generated/pipeline_time.txt"}
     known |= {f"_generated/figures/{f}.png" for f in FIGURES}
     known |= {f"_generated/tables/{t}.{ext}" for t in TABLES for ext in ("md", "csv")}
-    # the study page's inputs, copied from records/study/study/ by book/build.sh
+    # the study page's inputs, made from records/study/ by book/assemble.py
     known |= {f"_generated/study/{t}.{ext}" for t in STUDY_TABLES for ext in ("md", "csv")}
-    known |= {f"_generated/study/{f}" for f in ("effects.png", "findings.md", "study_info.md")}
+    known |= {f"_generated/study/{f}.png" for f in STUDY_FIGURES}
+    known |= {f"_generated/study/{t}.md" for t in STUDY_SHORT}
+    known |= {f"_generated/study/{f}" for f in ("findings.md", "study_info.md")}
     used = set()
     for page in BOOK.glob("*.md"):
         used |= set(re.findall(r"_generated/[\w/]+\.\w+", page.read_text()))
