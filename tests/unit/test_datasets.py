@@ -2,7 +2,7 @@
 
 Each row of ``FIXTURES`` writes a few fake images in one dataset's real on-disk
 layout (the offline archive, torchvision's CIFAR pickles and SVHN ``.mat`` files,
-...) and returns what a
+Fashion-MNIST's idx ``.gz`` files as Debian installs them, ...) and returns what a
 loader must read back. The contract tests check every registered dataset against
 its rows: constants, detection under a root, the exact uint8 pixels and int64
 labels through :func:`lsslib.data.load_split_uint8`, the cache, and the normaliser.
@@ -15,6 +15,8 @@ the fixtures cannot match those checksums, so those rows replace torchvision's
 
 from __future__ import annotations
 
+import gzip
+import os
 import pickle
 import tarfile
 from collections.abc import Callable
@@ -162,6 +164,67 @@ def imagefolder_tree(root: Path) -> Expected:
     return _tree(root, ["cat", "ant"], 2, (6, 6, 3), 6)
 
 
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+
+def _idx(images: np.ndarray | None = None, labels: np.ndarray | None = None) -> bytes:
+    """The idx format: big-endian magic (0x0803 images, 0x0801 labels), the sizes, the bytes."""
+    a = images if images is not None else labels
+    magic = 0x0803 if images is not None else 0x0801
+    head = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in a.shape)
+    return head + a.tobytes()
+
+
+def _fashion(folder: Path, compress: bool, seed: int) -> Expected:
+    rng = _rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: Expected = {}
+    for split, prefix, n in (("train", "train", 6), ("test", "t10k", 4)):
+        x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        for name, blob in (
+            (f"{prefix}-images-idx3-ubyte", _idx(images=x)),
+            (f"{prefix}-labels-idx1-ubyte", _idx(labels=y)),
+        ):
+            if compress:  # recompressed, as Debian's package: torchvision's md5 would fail
+                with gzip.open(folder / f"{name}.gz", "wb", compresslevel=1) as f:
+                    f.write(blob)
+            else:
+                (folder / name).write_bytes(blob)
+        out[split] = (
+            torch.from_numpy(x).unsqueeze(1),
+            torch.from_numpy(y.astype(np.int64)),
+            FASHION_CLASSES,
+        )
+    return out
+
+
+def fashion_mnist_debian(root: Path) -> Expected:
+    """Debian's ``dataset-fashion-mnist``: the four idx ``.gz`` files side by side."""
+    return _fashion(root, compress=True, seed=4)
+
+
+def fashion_mnist_torchvision(root: Path) -> Expected:
+    """torchvision's layout after its download: ``FashionMNIST/raw/`` decompressed."""
+    return _fashion(root / "FashionMNIST" / "raw", compress=False, seed=5)
+
+
+def fashion_mnist_imagefolder(root: Path) -> Expected:
+    """An ImageFolder tree of a one-channel dataset decodes as greyscale."""
+    return _tree(root, ["b", "a"], 2, (28, 28), 7)
+
+
 #: (dataset, layout, writer): the writer makes the layout under a folder and returns
 #: ``{split: (uint8 [N, C, H, W], int64 [N], classes)}`` as the loader must read them.
 FIXTURES: list[tuple[str, str, Callable[[Path], Expected]]] = [
@@ -169,6 +232,9 @@ FIXTURES: list[tuple[str, str, Callable[[Path], Expected]]] = [
     ("cifar10", "torchvision", cifar10_torchvision),
     ("cifar100", "torchvision", cifar100_torchvision),
     ("svhn", "torchvision", svhn_torchvision),
+    ("fashion_mnist", "debian gz", fashion_mnist_debian),
+    ("fashion_mnist", "torchvision raw", fashion_mnist_torchvision),
+    ("fashion_mnist", "imagefolder", fashion_mnist_imagefolder),
     ("imagefolder", "tree", imagefolder_tree),
 ]
 
@@ -342,3 +408,92 @@ def test_convnet_matches_the_reference_at_each_dataset_shape(channels, side):
     torch.nn.utils.vector_to_parameters(flat, ref.parameters())
     x = torch.randn(5, channels, side, side, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(convnet_forward(spec, flat, x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fashion_mnist_is_decompressed_once_and_atomically(isolated, monkeypatch):
+    """A failure half-way leaves no folder taken for complete; the next load redoes it."""
+    import shutil
+
+    root = isolated / "root"
+    expected = fashion_mnist_debian(root)
+    real = shutil.copyfileobj
+    calls = []
+
+    def dies_on_third(src, dst, *a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("killed (test)")
+        return real(src, dst, *a)
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(shutil, "copyfileobj", dies_on_third)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # killed: no clean-up runs
+    with pytest.raises(OSError, match="killed"):
+        data.load_split_uint8("fashion_mnist", "train", str(root))
+    cache = isolated / "cache"
+    assert not list(cache.glob("fashion_mnist-raw_*"))  # no folder taken for complete
+    assert not list(cache.glob("fashion_mnist_*_train.json"))
+    (partial,) = cache.glob(".fashion_mnist-raw_*.partial*")  # what the killed writer left
+    monkeypatch.setattr(shutil, "copyfileobj", real)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    x, y, _ = data.load_split_uint8("fashion_mnist", "train", str(root))
+    assert not partial.exists()  # cleaned up by the next writer, never used
+    assert torch.equal(x, expected["train"][0]) and torch.equal(y, expected["train"][1])
+    (raw,) = cache.glob("fashion_mnist-raw_*")
+    assert (raw / ".complete").is_file()
+    assert sorted(p.name for p in (raw / "FashionMNIST" / "raw").iterdir()) == sorted(
+        f.name[:-3] for f in root.glob("*.gz")
+    )
+    # the test split reuses the decompressed folder
+    monkeypatch.setattr(shutil, "copyfileobj", lambda *a: pytest.fail("decompressed again"))
+    xt, _, _ = data.load_split_uint8("fashion_mnist", "test", str(root))
+    assert torch.equal(xt, expected["test"][0])
+
+
+def test_fashion_mnist_source_change_is_decoded_again(isolated):
+    root = isolated / "root"
+    fashion_mnist_debian(root)
+    x1, _, _ = data.load_split_uint8("fashion_mnist", "test", str(root))
+    new = _fashion(isolated / "other", compress=True, seed=9)
+    target = root / "t10k-images-idx3-ubyte.gz"
+    target.write_bytes((isolated / "other" / target.name).read_bytes())
+    os.utime(target, ns=(1, 1))  # a rewrite under the same name, the folder's time unchanged
+    x2, _, _ = data.load_split_uint8("fashion_mnist", "test", str(root))
+    assert torch.equal(x2, new["test"][0]) and not torch.equal(x1, x2)
+
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(
+    not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist_from_the_debian_package(isolated):
+    """Found with no data_root, 60,000 + 10,000 images, 6,000 / 1,000 per class, the mean
+    of MTT's statistics; loaded with torchvision's FashionMNIST(download=False)."""
+    assert data.find_data_root("fashion_mnist") == DEBIAN_FASHION
+    x, y, classes = data.load_split_uint8("fashion_mnist", "train")
+    assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.uint8
+    assert classes == FASHION_CLASSES
+    assert torch.equal(torch.bincount(y), torch.full((10,), 6000))
+    assert abs(float(x.float().mean()) / 255 - 0.2861) < 5e-4
+    assert abs(float((x.float() / 255).std()) - 0.3530) < 5e-4
+    xt, yt, _ = data.load_split_uint8("fashion_mnist", "test")
+    assert xt.shape == (10000, 1, 28, 28) and torch.equal(
+        torch.bincount(yt), torch.full((10,), 1000)
+    )
+    assert list((isolated / "cwd").iterdir()) == []  # nothing written beside the run
+
+
+def test_fashion_mnist_budgets_for_one_channel():
+    """IPC 1 at 1 x 28 x 28: pixels store 1 image per class; low-rank r = 4 stores
+    (784 - 28*4) // (4*28) = 6 (mapper 1 x 28 x 4, bases 1 x 4 x 28)."""
+    params = {"dataset": "fashion_mnist", "ipc": 1, "rank": 4, "soft_labels": False}
+    for kind, n in (("pixels", 1), ("lowrank", 6)):
+        _, _, cfg = config.parse_stage("distill", {**params, "parameterisation": kind})
+        lay = cfg.check_against(channels=1, side=28, num_classes=10)
+        assert lay.images_per_class == n
+        assert lay.image_floats <= lay.budget_floats == 10 * 784
+    with pytest.raises(ValueError, match=r"rank=28"):
+        config.parse_stage("distill", {**params, "rank": 28})
