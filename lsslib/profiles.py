@@ -34,6 +34,8 @@ __all__ = [
     "names",
     "profile_path",
     "load_profile",
+    "read_profile",
+    "merge_profiles",
     "stage_parameters",
     "baseline_parameters",
     "ABLATION_KINDS",
@@ -69,6 +71,7 @@ def profile_path(profile: str | Path) -> Path:
 
 
 _PROFILE_KEYS = {
+    "extends",
     "name",
     "description",
     "hardware",
@@ -91,6 +94,55 @@ _PROFILE_KEYS = {
 }
 
 
+def merge_profiles(parent: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """``child`` stated as its differences from ``parent``: mappings merge key by key,
+    any other value replaces the parent's, and a key set to ``null`` removes it (a run,
+    a baseline, the ablations).
+
+    Returns:
+        A new dict; neither input is changed.
+    """
+    out = dict(parent)
+    for key, value in child.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_profiles(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A profile file as written, with its ``extends:`` chain merged in (not validated:
+    :func:`load_profile` validates the result). ``extends`` names a bundled profile or a
+    path relative to the file; the parent's ``name`` and ``description`` are not
+    inherited.
+
+    Raises:
+        ValueError: an unknown top-level key, a missing parent, or a cycle of
+            ``extends``.
+    """
+    path = Path(path).resolve()
+    if path in _seen:
+        _fail("extends", str(path), "a chain of profiles without a cycle")
+    with open(path) as fh:
+        prof = yaml.safe_load(fh) or {}
+    unknown = set(prof) - _PROFILE_KEYS
+    if unknown:
+        _fail("profile key", sorted(unknown)[0], "one of " + ", ".join(sorted(_PROFILE_KEYS)))
+    parent = prof.pop("extends", None)
+    if parent is None:
+        return prof
+    local = path.parent / str(parent)
+    base = read_profile(
+        local if local.suffix and local.is_file() else profile_path(parent), (*_seen, path)
+    )
+    for key in ("name", "description"):
+        base.pop(key, None)
+    return merge_profiles(base, prof)
+
+
 def load_profile(profile: str | Path) -> dict[str, Any]:
     """Read and validate an experiment profile.
 
@@ -106,16 +158,16 @@ def load_profile(profile: str | Path) -> dict[str, Any]:
         (``seeds``, ``seeded``, ``best_iteration``, ``evals``, ``crossarch``, ``study``)
         are checked too and left as written; :func:`expand_profile` spells them out.
 
+    A profile may ``extends:`` another and state only what differs
+    (:func:`read_profile`, :func:`merge_profiles`); the merged profile is what is
+    validated and returned.
+
     Raises:
         ValueError: unknown profile, unknown top-level key, unknown parameter in a
-            block, or any invalid parameter of any run.
+            block, a broken ``extends`` chain, or any invalid parameter of any run.
     """
     path = profile_path(profile)
-    with open(path) as fh:
-        prof = yaml.safe_load(fh) or {}
-    unknown = set(prof) - _PROFILE_KEYS
-    if unknown:
-        _fail("profile key", sorted(unknown)[0], "one of " + ", ".join(sorted(_PROFILE_KEYS)))
+    prof = read_profile(path)
     prof.setdefault("name", path.stem)
     runs = list(prof.get("runs") or {})
     buffer_epochs = (prof.get("buffers") or {}).get("train_epochs")
