@@ -43,6 +43,7 @@ Choices the paper leaves open are discussed on the book page ``book/choices.md``
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Callable
@@ -54,7 +55,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .augment import DSAParams
-from .config import RENDEZVOUS_ENV
+from .config import DATASETS, RENDEZVOUS_ENV, DataConfig, DistillConfig
 from .models import ConvNetSpec
 from .plan import InnerPlan, step_loss
 
@@ -73,6 +74,8 @@ __all__ = [
     "RUNTIME_BYTES",
     "MemoryModel",
     "memory_model",
+    "predict",
+    "main",
 ]
 
 T = TypeVar("T")
@@ -408,3 +411,88 @@ def memory_model(
         expert=expert_epochs_held * p * f,
         runtime=runtime_bytes,
     )
+
+
+def predict(
+    cfg: DistillConfig,
+    *,
+    dataset: str,
+    width: int = 128,
+    depth: int = 3,
+    world_size: int = 1,
+    expert_epochs_held: int = 51,
+) -> MemoryModel:
+    """:func:`memory_model` of a run's parameters on a named dataset (its layout solved
+    by the parameterisation, :meth:`lsslib.config.DistillConfig.check_against`).
+
+    Args:
+        cfg: the run's parameters (``ipc``, ``rank``, ``batch_syn``, ``syn_steps``, ...).
+        dataset: a key of :data:`lsslib.config.DATASETS` (its C, H = W, K).
+        width, depth: the ConvNet (instance norm, average pooling).
+        world_size: ranks sharing each inner step.
+        expert_epochs_held: snapshots of one expert trajectory in memory (51 for MTT's
+            50-epoch buffers).
+
+    Raises:
+        ValueError: unknown dataset; the run's own rules; ``world_size`` > the batch.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(
+            f"invalid parameter dataset={dataset!r}: allowed one of "
+            + ", ".join(repr(d) for d in DATASETS)
+        )
+    c, side, k = DATASETS[dataset]
+    lay = cfg.check_against(channels=c, side=side, num_classes=k)
+    n = lay.images_per_class * k
+    spec = ConvNetSpec(c, side, k, depth=depth, width=width)
+    return memory_model(
+        spec,
+        images=n,
+        batch_syn=cfg.batch_syn or n,
+        syn_steps=cfg.syn_steps,
+        world_size=world_size,
+        soft_labels=cfg.soft_labels,
+        expert_epochs_held=expert_epochs_held,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lsslib.sharded``: the memory model's GiB per rank of a run, by world size.
+
+    Example: ``python -m lsslib.sharded --dataset cifar100 --parameterisation pixels --ipc 50
+    --syn-steps 80 --batch-syn 125 --world-sizes 1,2,4,8``.
+    """
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default=DataConfig.dataset)
+    p.add_argument("--parameterisation", default=DistillConfig.parameterisation)
+    p.add_argument("--ipc", type=int, default=1)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--soft-labels", type=int, choices=(0, 1), default=1)
+    p.add_argument("--syn-steps", type=int, default=50)
+    p.add_argument("--batch-syn", type=int, default=None)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--world-sizes", default="1,2,4,8")
+    a = p.parse_args(argv)
+    cfg = DistillConfig(
+        parameterisation=a.parameterisation,
+        ipc=a.ipc,
+        rank=a.rank,
+        soft_labels=bool(a.soft_labels),
+        syn_steps=a.syn_steps,
+        batch_syn=a.batch_syn,
+        max_batch_syn=10**9,  # the memory guard is what this prints
+    )
+    print("world_size  GiB/rank  (activations, trajectory, set, rest)")
+    for ws in (int(w) for w in a.world_sizes.split(",")):
+        m = predict(cfg, dataset=a.dataset, width=a.width, world_size=ws)
+        rest = m.vectors + m.expert + m.runtime
+        parts = (m.activations, m.trajectory, m.synset, rest)
+        print(
+            f"{ws:10d}  {m.total / 2**30:8.2f}  ("
+            + ", ".join(f"{b / 2**30:.2f}" for b in parts)
+            + ")"
+        )
+
+
+if __name__ == "__main__":
+    main()

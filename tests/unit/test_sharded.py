@@ -365,3 +365,57 @@ def test_sharded_distillation_resumes_and_matches_one_process(
     assert [r["expert"] for r in ca["log"]] == [r["expert"] for r in cc["log"]]
     for ra, rc in zip(ca["log"], cc["log"], strict=True):
         assert ra["loss"] == pytest.approx(rc["loss"], rel=1e-4)
+
+
+# ------------------------------------------------------------------ memory model
+def test_activation_floats_counts_the_convnet_maps():
+    spec = ConvNetSpec(3, 32, 10, depth=3, width=128)
+    maps = sum(3 * 128 * s * s + 128 * (s // 2) ** 2 for s in (32, 16, 8))
+    assert sharded.activation_floats(spec) == 2 * 3 * 32 * 32 + maps + 10
+
+
+def test_memory_model_divides_only_the_activations_by_the_ranks():
+    spec = ConvNetSpec(3, 32, 10, depth=3, width=128)
+    one = sharded.memory_model(spec, images=100, batch_syn=100, syn_steps=4)
+    two = sharded.memory_model(spec, images=100, batch_syn=100, syn_steps=4, world_size=2)
+    three = sharded.memory_model(spec, images=100, batch_syn=100, syn_steps=4, world_size=3)
+    assert one.activations == 2 * two.activations
+    assert three.activations == two.activations * 34 // 50  # the largest share: 34 images
+    for f in ("trajectory", "vectors", "synset", "expert", "runtime"):
+        assert getattr(one, f) == getattr(two, f), f
+    assert one.trajectory == 5 * spec.num_params * 4
+    # the CPU record of benchmarks/bench_sharded.py: 506 MiB added by 1 process, 289 per rank
+    assert abs(one.total / 2**20 - 506.4) < 0.2 * 506.4
+    assert abs(two.total / 2**20 - 289.3) < 0.2 * 289.3
+    with pytest.raises(ValueError, match=r"world_size=101"):
+        sharded.memory_model(spec, images=100, batch_syn=100, syn_steps=4, world_size=101)
+
+
+def test_predict_solves_the_layout_of_a_named_dataset(capsys):
+    cfg = DistillConfig(parameterisation="pixels", ipc=10, soft_labels=False, syn_steps=20)
+    m = sharded.predict(cfg, dataset="cifar100", world_size=4)
+    spec = ConvNetSpec(3, 32, 100, depth=3, width=128)
+    assert m.synset == 3 * 1000 * 3 * 32 * 32 * 4
+    assert (
+        m.activations
+        == sharded.memory_model(
+            spec, images=1000, batch_syn=1000, syn_steps=20, world_size=4
+        ).activations
+    )
+    with pytest.raises(ValueError, match=r"invalid parameter dataset='mnist9'"):
+        sharded.predict(cfg, dataset="mnist9")
+    sharded.main(
+        [
+            "--dataset",
+            "cifar100",
+            "--parameterisation",
+            "pixels",
+            "--ipc",
+            "10",
+            "--world-sizes",
+            "1,2",
+        ]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[1].split()[0] == "1" and lines[2].split()[0] == "2"
+    assert float(lines[2].split()[1]) < float(lines[1].split()[1])
