@@ -10,6 +10,7 @@ Imported by book/assemble.py.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def _set_figures(res: Results, figs: Path, main: dict, ranks: list[str]) -> None
     sets = {role: load_synset(res.run(run).synset) for role, run in main.items()}
     for role, loaded in sets.items():
         n = loaded.per_class
-        title = f"{loaded.kind}, {n} images/class"
+        title = f"{loaded.kind}, {n} image{'s' if n != 1 else ''} per class"
         _save(
             plots.image_grid(loaded.images01(), loaded.class_names, n, title),
             figs / f"grid_{role}.png",
@@ -164,4 +165,22 @@ def from_records(root: Path, gen: Path) -> None:
         "05_ablation_schedule",
         "06_summary",
     ):
-        shutil.copy2(root / "notebooks" / f"{stem}.ipynb", nbs / f"{stem}.ipynb")
+        _unexecuted(root / "notebooks" / f"{stem}.ipynb", nbs / f"{stem}.ipynb")
+
+
+NOT_EXECUTED = (
+    ":::{note}\n"
+    "This build of the book was made from the committed records of the `cpu` profile, "
+    "not by a pipeline run, so this notebook is shown as committed, without outputs. "
+    "`make book` runs the pipeline and shows it as it ran.\n"
+    ":::"
+)
+
+
+def _unexecuted(src: Path, dst: Path) -> None:
+    """Copy a stage notebook for the appendix with a note, after its title, that it has
+    not run in this build."""
+    nb = json.loads(src.read_text(encoding="utf-8"))
+    note = {"cell_type": "markdown", "metadata": {}, "source": NOT_EXECUTED}
+    nb["cells"].insert(1, note)
+    dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

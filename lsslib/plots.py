@@ -172,7 +172,7 @@ def image_grid(
     rows, cols = (shown, k) if by_column else (k, shown)
     label_in = 0.0 if by_column else 1.1
     cell = _grid_cell(cols, label_in)
-    top_in = 0.35 * (2 if by_column else 1) if title or by_column else 0.1
+    top_in = (0.55 if by_column else 0.05) + (0.35 if title else 0.0)
     fig, axes = plt.subplots(
         rows, cols, figsize=(cell * cols + label_in, cell * rows + top_in), squeeze=False
     )
@@ -184,10 +184,16 @@ def image_grid(
             axes[0, c].set_title(classes[c], fontsize=MIN_FONT_PT, rotation=30, ha="left")
         else:
             axes[c, 0].set_ylabel(classes[c], rotation=0, ha="right", va="center")
-    if title:
-        fig.suptitle(title)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    _frame(fig, top_in, title)
     return fig
+
+
+def _frame(fig: plt.Figure, top_in: float, title: str = "") -> None:
+    """Close-set image panels with ``top_in`` inches above them, the title at the top."""
+    height = fig.get_figheight()
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, top=1 - top_in / height, bottom=0.02)
+    if title:
+        fig.suptitle(title, y=1 - 0.02 / height, va="top")
 
 
 @styled
@@ -298,7 +304,7 @@ def side_by_side(
     other = min(other_per_class, 3)
     ncols = cols + 2 + other
     cell = _grid_cell(ncols, 1.1)
-    fig, axes = plt.subplots(k, ncols, figsize=(cell * ncols + 1.1, cell * k + 0.9), squeeze=False)
+    fig, axes = plt.subplots(k, ncols, figsize=(cell * ncols + 1.1, cell * k + 0.75), squeeze=False)
     for c in range(k):
         row = axes[c]
         _show(row[0], minmax(comps[c].shared[0][1]))
@@ -308,11 +314,11 @@ def side_by_side(
         for j in range(other):
             _show(row[2 + cols + j], other01[c * other_per_class + j])
         row[0].set_ylabel(classes[c], rotation=0, ha="right", va="center")
-    axes[-1, 0].set_xlabel(comps[0].shared[0][0].split("\n")[0], rotation=30, ha="right")
-    axes[-1, 1].set_xlabel(comps[0].per_image[0][0], rotation=30, ha="right")
+    for col, text in ((0, comps[0].shared[0][0].split("\n")[0]), (1, comps[0].per_image[0][0])):
+        axes[0, col].set_title(text.replace(" ", "\n", 1), fontsize=MIN_FONT_PT)
     axes[0, 2].set_title(f"{ours_title}: {ours_per_class} images/class", loc="left")
     axes[0, 2 + cols].set_title(f"{other_title}:\n{other_per_class}/class", loc="left")
-    fig.subplots_adjust(wspace=0.05, hspace=0.08)
+    _frame(fig, 0.7)
     return fig
 
 
@@ -339,8 +345,7 @@ def rank_sweep(
         axes[i, 0].set_ylabel(
             f"r = {r}\n{n}/class\n{floats / 1e3:.1f}k floats", rotation=0, ha="right", va="center"
         )
-    fig.suptitle(f"class '{class_name}' for each rank r")
-    fig.subplots_adjust(wspace=0.05, hspace=0.1)
+    _frame(fig, 0.4, f"class '{class_name}' for each rank r")
     return fig
 
 
