@@ -22,14 +22,20 @@ step's ``plan.indices[i]`` together with the matching slice of its DSA parameter
   identical synthetic set. For a set whose images carry a graph (low-rank mappers and
   bases, soft-label logits) the all-reduce is of ``dL/dx`` before the backward into the
   factors: the loss then needs nothing of the parameterisation (any set works), at the
-  cost of ``N * C * H * W`` floats once per iteration instead of the factors' size.
+  cost of ``n * C * H * W`` floats (``n`` images) once per iteration instead of the
+  factors' size.
 
 Cost per inner step: 2 all-reduces of P float32 (the forward gradient and the backward
 adjoint product: ``8 * P`` bytes sent and received per rank and step by a ring, times
-``2 (R - 1) / R``), plus once per iteration ``N*C*H*W + N*K + 1`` floats (the set's
+``2 (R - 1) / R``), plus once per iteration ``n*C*H*W + n*K + 1`` floats (the set's
 gradients). Memory per rank: the N+1 parameter vectors and the whole set, as in the
 checkpointed mode, but the activations of one step for ``ceil(B / R)`` images instead
-of ``B`` (:func:`memory_model`).
+of ``B`` (:func:`memory_model`; ``python -m lsslib.sharded`` prints it for a run).
+
+Launching: under ``torchrun`` every rank builds the same :class:`lsslib.distill.Distiller`
+with ``grad_mode='sharded'`` (:func:`launch` makes the process group from the ``env://``
+rendezvous; rank 0 writes the run's files, every rank resumes from its checkpoint).
+The book page ``book/scaling.md`` gives the commands for one node and for SLURM.
 
 Source: the inner loop of MTT's ``distill.py`` (Cazenavette et al., CVPR 2022) and its
 checkpointed adjoint (:func:`lsslib.matching.checkpointed_loss`); the split of a batch

@@ -205,6 +205,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale, msg=what)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_give_the_single_process_gradient(tmp_path):
     finish(start_ranks(tmp_path, "rank_grads"))
     r0 = load_file(str(tmp_path / "rank0.safetensors"))
@@ -330,6 +331,7 @@ def _kill_mid_run(procs: list[subprocess.Popen]) -> None:
             p.communicate()
 
 
+@pytest.mark.slow
 def test_sharded_distillation_resumes_and_matches_one_process(
     tmp_path, lss_tiny_data, lss_tiny_buffer
 ):
