@@ -11,7 +11,10 @@ Imported by book/assemble.py.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -127,6 +130,16 @@ def _curve_figures(res: Results, figs: Path, layout: dict, buffer_json: Path) ->
     return main_df
 
 
+def _speed_tables(root: Path, tabs: Path) -> None:
+    """The speed tables from the benchmark records of record, as the workflow's
+    ``speed_tables`` rule makes them (``benchmarks/speed_table.py``)."""
+    script, records = root / "benchmarks" / "speed_table.py", root / "benchmarks" / "records"
+    if script.is_file() and any(records.glob("*.json")):
+        env = dict(os.environ, PYTHONPATH=str(root))
+        cmd = [sys.executable, str(script), str(records), str(tabs)]
+        subprocess.run(cmd, check=True, cwd=root, env=env, capture_output=True)
+
+
 def from_records(root: Path, gen: Path) -> None:
     """Fill ``gen`` (book/_generated) from ROOT/records/cpu, as the summary stage would."""
     rec = root / "records" / PROFILE
@@ -143,6 +156,7 @@ def from_records(root: Path, gen: Path) -> None:
     shutil.copytree(rec / "tables", tabs, dirs_exist_ok=True)
     for name in ("run_info.md", "pipeline_time.txt"):
         shutil.copy2(rec / name, gen / name)
+    _speed_tables(root, tabs)
     _set_figures(res, figs, layout["main"], layout["ablations"]["rank"])
     main_df = _curve_figures(res, figs, layout, rec / "buffer.json")
     report.write_table(main_df.drop(columns=["acc_mean", "acc_std"]), tabs / "main")

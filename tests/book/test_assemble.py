@@ -86,7 +86,7 @@ def test_speed_summary_commands_and_short_tables(tmp_path):
     tables.mkdir()
     (tables / "speed.csv").write_text(
         "stage,configuration,optimised (median),speed ratio,GPU targets\n"
-        'experts,"w64, 2 experts",1 img/s,"0.991x (1.034x best, 1.015x CPU time)",n/a\n'
+        'experts,"w64, 2 experts (DSA on)",1 img/s,"0.991x (1.034x best, 1.015x CPU time)",n/a\n'
     )
     (tables / "speed_runs.md").write_text(
         "| stage | command |\n|---|---|\n| experts | python b.py --quick --out x.json |\n"
@@ -95,7 +95,7 @@ def test_speed_summary_commands_and_short_tables(tmp_path):
     assemble.code_commands(tables)
     summary = (tables / "speed_summary.md").read_text().splitlines()
     assert summary[0] == "| stage | configuration | speed ratio | GPU targets |"
-    assert summary[2] == "| experts | w64, 2 experts | 0.991x | n/a |"
+    assert summary[2] == "| experts | w64, 2 experts (DSA on) | 0.991x | n/a |"
     runs = (tables / "speed_runs.md").read_text()
     assert "| `python b.py --quick --out x.json` |" in runs
 
