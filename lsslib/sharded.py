@@ -244,6 +244,13 @@ def sharded_loss(
 ) -> Tensor:
     """The checkpointed matching loss with each inner step's batch split over the ranks.
 
+    Cost per rank: 2 all-reduces of ``P`` floats of ``start``'s dtype per inner step (the
+    forward gradient, the backward adjoint product), then one each of ``dL/dx``
+    (``n*C*H*W``), ``dL/dy`` (``n*K``, soft labels) and ``dL/dsyn_lr`` per call; memory of
+    the N+1 parameter vectors, the set, and one step's graph for ``ceil(B / R)`` images
+    (:func:`memory_model`). Source: MTT's ``distill.py`` inner loop, the checkpointed
+    adjoint of :func:`lsslib.matching.checkpointed_loss`.
+
     Args:
         spec: student architecture (``instancenorm`` or ``none``: per-image norms).
         start, target: float ``[P]``, w*_t and w*_{t+M} (the same on every rank).
