@@ -366,10 +366,11 @@ class Distiller:
 
         Args:
             callback: called with each iteration's log row.
-            snapshot_every: also save the set after every this many iterations
+            snapshot_every: also save the set as initialised (iteration 0, the
+                starting-set control) and after every this many iterations
                 (:meth:`lsslib.results.RunPaths.snapshot`), for choosing the best
-                iteration on a validation split afterwards (issue 12). An output
-                option, not a distillation parameter: it changes no number of the run.
+                iteration on a validation split afterwards. An output option, not a
+                distillation parameter: it changes no number of the run.
 
         Returns:
             The JSON path of the synthetic-set artifact.
@@ -387,6 +388,8 @@ class Distiller:
             )
         if not self.paths.checkpoint.with_suffix(".json").is_file():
             self.checkpoint()  # a fault in the first iterations still leaves a good state
+        if snapshot_every and self.iteration == 0:
+            self.save(self.paths.snapshot(0))  # the set as initialised: the starting-set control
         while self.iteration < self.cfg.iterations:
             row = self.step()
             if callback is not None:

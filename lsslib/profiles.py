@@ -42,6 +42,8 @@ __all__ = [
     "expand_profile",
     "seed_name",
     "EVAL_OPTIONS",
+    "EVAL_SEED_STRIDE",
+    "common_lr_name",
 ]
 
 #: Folder of the bundled profiles.
@@ -91,6 +93,9 @@ _PROFILE_KEYS = {
     "evals",
     "crossarch",
     "study",
+    "eval_seeds",
+    "init_controls",
+    "common_lr",
 }
 
 
@@ -362,7 +367,7 @@ def _eval_entry(
     arch = options.get("arch", "convnet")
     cross = bool(options.get("cross_arch", arch != "convnet" or bool(set(entry) & model_keys)))
     iteration = options.get("iteration")
-    check_range(f"evals.{name}.iteration", iteration, lo=1, integer=True, allow_none=True)
+    check_range(f"evals.{name}.iteration", iteration, lo=0, integer=True, allow_none=True)
     if iteration is not None and subject != "synset":
         _fail(f"evals.{name}.iteration", iteration, "only for a distillation run")
     val = options.get("val_per_class")
@@ -381,6 +386,11 @@ def _eval_entry(
     }
 
 
+#: How far apart the evaluation seeds of two distillation seeds lie (network ``i`` of a
+#: set uses ``eval_seed + i``, so no two seeds share a network below this many).
+EVAL_SEED_STRIDE = 1000
+
+
 def expand_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
     """The profile with its study entries spelled out, as the workflow runs it.
 
@@ -388,12 +398,21 @@ def expand_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
       real baselines; default all): every run ``R`` is distilled once per seed: ``R`` itself
       with ``distill_seed: S0``, ``R-sS`` with ``distill_seed: S`` (the seed changes the
       expert draws, the initial real images and DSA); every ``random_real`` baseline
-      likewise with ``real_seed``. The evaluation seeds stay the same across
-      distillation seeds, so that cells compared at one seed share their eval nets.
+      likewise with ``real_seed``. With ``eval_seeds: per_seed`` (the default) the k-th
+      seed also draws the evaluation networks (``eval_seed`` + k x
+      :data:`EVAL_SEED_STRIDE`), so no two seeds share them; ``eval_seeds: shared``
+      keeps one set of networks for every seed.
     - ``best_iteration: {eval_every: N, val_per_class: V}``: every run saves its set every
       ``N`` iterations; each snapshot gets an evaluation ``R-itK`` and every evaluation
       of a run also tests on ``V`` validation images per class
       (:func:`lsslib.data.validation_split`).
+    - ``init_controls: true``: every run also saves its set as initialised, before any
+      distillation, and evaluates it (``R-it0``) with the same protocol and seeds: the
+      starting-set control.
+    - ``common_lr: {grid: [...]}``: every run is also evaluated at each learning rate of
+      the grid (``R-lrX``, ``lr_eval: X``, tested on the validation split too), so the
+      set can be told apart from the step size it learned; the rate is chosen on
+      validation (:mod:`lsslib.study`).
     - ``evals: {NAME: {of: RUN_OR_BASELINE, labels, arch, model/eval overrides}}``:
       further evaluations (hard labels of a soft set, expert soft labels on random
       real, other networks); seeded with their subject.
@@ -407,11 +426,34 @@ def expand_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
         and ``val_per_class`` (``None`` without ``best_iteration``).
 
     Raises:
-        ValueError: a malformed ``seeds``, ``best_iteration``, ``evals``, ``crossarch``
-            or ``study`` entry, naming it.
+        ValueError: a malformed ``seeds``, ``eval_seeds``, ``best_iteration``,
+            ``init_controls``, ``common_lr``, ``evals``, ``crossarch`` or ``study``
+            entry, naming it.
     """
-    prof = {k: v for k, v in profile.items()}
+    prof = dict(profile)
     seeds = _seeds(prof)
+    base_runs = dict(prof.get("runs") or {})
+    base_baselines = dict(prof.get("baselines") or {})
+    runs, baselines, seed_of = _expand_seeds(prof, seeds)
+    prof["runs"], prof["baselines"] = runs, baselines
+    every, val = _best_iteration(prof)
+    raw_evals = {**dict(prof.get("evals") or {}), **_crossarch_evals(prof.get("crossarch"))}
+    evals = _seeded_evals(prof, raw_evals, seeds, seed_of, val)
+    snapshot_every, snapshots = _snapshot_evals(prof, seed_of, every, val)
+    evals.update(snapshots)
+    evals.update(_common_lr_evals(prof, seed_of, val))
+    prof["evals"] = evals
+    prof["seed_of"] = seed_of
+    prof["snapshot_every"] = snapshot_every
+    prof["val_per_class"] = val
+    _check_study(prof.get("study"), base_runs, base_baselines)
+    return prof
+
+
+def _expand_seeds(
+    prof: Mapping[str, Any], seeds: list[int]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple[str, int]]]:
+    """The seeded copies of the runs and random real baselines, and whose seed each is."""
     first = seeds[0]
     base_runs = dict(prof.get("runs") or {})
     base_baselines = dict(prof.get("baselines") or {})
@@ -422,61 +464,95 @@ def expand_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
         _fail("seeded", seeded, "a list of runs and baselines of the profile")
     for n in seeded:
         check_choice("seeded entry", n, (*base_runs, *base_baselines))
+    mode = prof.get("eval_seeds", "per_seed")
+    check_choice("eval_seeds", mode, ("per_seed", "shared"))
+    num_eval = max(
+        (stage_parameters(prof, "evaluate", r)["num_eval"] for r in base_runs), default=0
+    )
+    if mode == "per_seed" and num_eval >= EVAL_SEED_STRIDE:
+        _fail("eval.num_eval", num_eval, f"fewer than {EVAL_SEED_STRIDE} with eval_seeds per_seed")
     runs: dict[str, Any] = {}
     baselines: dict[str, Any] = {}
     seed_of: dict[str, tuple[str, int]] = {}
-    for seed in seeds:
+    for k, seed in enumerate(seeds):
         for r, spec in base_runs.items():
             if seed != first and r not in seeded:
                 continue
             name = seed_name(r, seed, first)
-            runs[name] = {**(spec or {}), **({"distill_seed": seed} if "seeds" in prof else {})}
+            extra = {"distill_seed": seed} if "seeds" in prof else {}
+            if mode == "per_seed" and k:
+                e0 = stage_parameters(prof, "evaluate", r).get("eval_seed", 0)
+                extra["eval_seed"] = e0 + k * EVAL_SEED_STRIDE
+            runs[name] = {**(spec or {}), **extra}
             seed_of[name] = (r, seed)
         for b, spec in base_baselines.items():
             spec = dict(spec or {})
             if spec.get("kind") == "random_real" and (seed == first or b in seeded):
                 name = seed_name(b, seed, first)
-                baselines[name] = {**spec, **({"real_seed": seed} if "seeds" in prof else {})}
+                extra = {"real_seed": seed} if "seeds" in prof else {}
+                if mode == "per_seed" and k:
+                    e0 = spec.get("eval_seed", (prof.get("eval") or {}).get("eval_seed", 0))
+                    extra["eval_seed"] = e0 + k * EVAL_SEED_STRIDE
+                baselines[name] = {**spec, **extra}
                 seed_of[name] = (b, seed)
             elif seed == first:
                 baselines[b] = spec
                 seed_of[b] = (b, seed)
-    prof["runs"], prof["baselines"] = runs, baselines
+    return runs, baselines, seed_of
 
+
+def _best_iteration(prof: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """``best_iteration``'s ``(eval_every, val_per_class)``, checked (``None`` without)."""
     best = prof.get("best_iteration")
-    every = val = None
-    if best is not None:
-        if not isinstance(best, Mapping) or set(best) - {"eval_every", "val_per_class"}:
-            _fail("best_iteration", best, "a mapping {eval_every: N, val_per_class: V}")
-        every, val = best.get("eval_every"), best.get("val_per_class")
-        check_range("best_iteration.eval_every", every, lo=1, integer=True)
-        check_range("best_iteration.val_per_class", val, lo=1, integer=True)
-        if DataConfig.from_params(stage_parameters(prof, "buffers")).train_per_class is None:
-            _fail(
-                "best_iteration.val_per_class",
-                val,
-                "only with data.train_per_class set (the validation images are training "
-                "images that no stage trains on)",
-            )
+    if best is None:
+        return None, None
+    if not isinstance(best, Mapping) or set(best) - {"eval_every", "val_per_class"}:
+        _fail("best_iteration", best, "a mapping {eval_every: N, val_per_class: V}")
+    every, val = best.get("eval_every"), best.get("val_per_class")
+    check_range("best_iteration.eval_every", every, lo=1, integer=True)
+    check_range("best_iteration.val_per_class", val, lo=1, integer=True)
+    if DataConfig.from_params(stage_parameters(prof, "buffers")).train_per_class is None:
+        _fail(
+            "best_iteration.val_per_class",
+            val,
+            "only with data.train_per_class set (the validation images are training "
+            "images that no stage trains on)",
+        )
+    return every, val
 
-    raw_evals = dict(prof.get("evals") or {})
-    xa = prof.get("crossarch")
-    if xa is not None:
-        if not isinstance(xa, Mapping) or not {"sets", "nets"} <= set(xa):
-            _fail("crossarch", xa, "a mapping with sets: [...] and nets: {NAME: {...}}")
-        xa = dict(xa)
-        sets, nets = xa.pop("sets"), xa.pop("nets")
-        which = xa.pop("seeds", "first")
-        check_choice("crossarch.seeds", which, ("first", "all"))
-        for s_ in sets:
-            for net, over in (nets or {}).items():
-                raw_evals[f"xa-{s_}-{net}"] = {
-                    "of": s_,
-                    **xa,
-                    **(over or {}),
-                    "cross_arch": True,
-                    "_seeds": which,
-                }
+
+def _crossarch_evals(xa: Any) -> dict[str, Any]:
+    """``crossarch`` spelled out as raw ``evals`` entries ``xa-SET-NET``."""
+    if xa is None:
+        return {}
+    if not isinstance(xa, Mapping) or not {"sets", "nets"} <= set(xa):
+        _fail("crossarch", xa, "a mapping with sets: [...] and nets: {NAME: {...}}")
+    xa = dict(xa)
+    sets, nets = xa.pop("sets"), xa.pop("nets")
+    which = xa.pop("seeds", "first")
+    check_choice("crossarch.seeds", which, ("first", "all"))
+    out = {}
+    for s_ in sets:
+        for net, over in (nets or {}).items():
+            out[f"xa-{s_}-{net}"] = {
+                "of": s_,
+                **xa,
+                **(over or {}),
+                "cross_arch": True,
+                "_seeds": which,
+            }
+    return out
+
+
+def _seeded_evals(
+    prof: Mapping[str, Any],
+    raw_evals: Mapping[str, Any],
+    seeds: list[int],
+    seed_of: dict[str, tuple[str, int]],
+    val: int | None,
+) -> dict[str, Any]:
+    """Every raw ``evals`` entry checked, once per seed of its subject."""
+    first, runs, baselines = seeds[0], prof["runs"], prof["baselines"]
     evals: dict[str, Any] = {}
     for name, entry in raw_evals.items():
         entry = dict(entry or {})
@@ -494,34 +570,97 @@ def expand_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
                 checked["val_per_class"] = checked["val_per_class"] or val
             evals[ename] = checked
             seed_of[ename] = (name, seed)
-    if every is not None:
-        for r in runs:
-            iters = DistillConfig.from_params(stage_parameters(prof, "distill", r)).iterations
-            for k in range(every, iters, every):
-                ename = f"{r}-it{k}"
-                evals[ename] = _eval_entry(
-                    prof, ename, {"of": r, "iteration": k, "val_per_class": val}, runs, baselines
-                )
-                base, seed = seed_of[r]
-                seed_of[ename] = (f"{base}-it{k}", seed)
-    prof["evals"] = evals
-    prof["seed_of"] = seed_of
-    prof["snapshot_every"] = every
-    prof["val_per_class"] = val
-    study = prof.get("study")
-    if study is not None:
-        if not isinstance(study, Mapping):
-            _fail("study", study, "a mapping (see lsslib.study)")
-        for role, run in (study.get("factorial") or {}).items():
-            check_choice(
-                "study.factorial role",
-                role,
-                ("pixels_hard", "pixels_soft", "lowrank_hard", "lowrank_soft"),
+    return evals
+
+
+def _snapshot_evals(
+    prof: Mapping[str, Any], seed_of: dict[str, tuple[str, int]], every: int | None, val: int | None
+) -> tuple[int | None, dict[str, Any]]:
+    """The snapshot interval every run saves with, and the evaluations ``R-itK`` of its
+    snapshots (with ``init_controls``, ``K = 0``: the set as initialised)."""
+    init = prof.get("init_controls", False)
+    if not isinstance(init, bool):
+        _fail("init_controls", init, "true or false")
+    runs, evals = prof["runs"], {}
+    iters = {
+        r: DistillConfig.from_params(stage_parameters(prof, "distill", r)).iterations for r in runs
+    }
+    snapshot_every = (
+        every if every is not None else (max(iters.values()) if init and iters else None)
+    )
+    for r in runs:
+        ks = list(range(every, iters[r], every)) if every is not None else []
+        for k in [0, *ks] if init else ks:
+            ename = f"{r}-it{k}"
+            evals[ename] = _eval_entry(
+                prof,
+                ename,
+                {"of": r, "iteration": k, "val_per_class": val},
+                runs,
+                prof["baselines"],
             )
-            check_choice(f"study.factorial.{role}", run, tuple(base_runs))
-        for key in ("published", "strict"):
-            if study.get(key) is not None:
-                check_choice(f"study.{key}", study[key], tuple(base_runs))
-        if study.get("real") is not None:
-            check_choice("study.real", study["real"], tuple(base_baselines))
-    return prof
+            base, seed = seed_of[r]
+            seed_of[ename] = (f"{base}-it{k}", seed)
+    return snapshot_every, evals
+
+
+def common_lr_name(run: str, lr: float) -> str:
+    """The name of a run's evaluation at the common learning rate ``lr``."""
+    return f"{run}-lr{lr:g}"
+
+
+def _common_lr_evals(
+    prof: Mapping[str, Any], seed_of: dict[str, tuple[str, int]], val: int | None
+) -> dict[str, Any]:
+    """Every run evaluated at each rate of ``common_lr.grid`` (``R-lrX``), also on the
+    validation split (``common_lr.val_per_class``, default ``best_iteration``'s)."""
+    spec = prof.get("common_lr")
+    if spec is None:
+        return {}
+    if not isinstance(spec, Mapping) or set(spec) - {"grid", "val_per_class"}:
+        _fail("common_lr", spec, "a mapping {grid: [lr, ...], val_per_class: V}")
+    grid = spec.get("grid")
+    if (
+        not isinstance(grid, list)
+        or not grid
+        or any(isinstance(g, bool) or not isinstance(g, (int, float)) or g <= 0 for g in grid)
+    ):
+        _fail("common_lr.grid", grid, "a non-empty list of learning rates > 0")
+    v = spec.get("val_per_class", val)
+    check_range("common_lr.val_per_class", v, lo=1, integer=True)
+    evals = {}
+    for r in prof["runs"]:
+        for lr in grid:
+            ename = common_lr_name(r, lr)
+            evals[ename] = _eval_entry(
+                prof,
+                ename,
+                {"of": r, "lr_eval": float(lr), "val_per_class": v},
+                prof["runs"],
+                prof["baselines"],
+            )
+            base, seed = seed_of[r]
+            seed_of[ename] = (common_lr_name(base, lr), seed)
+    return evals
+
+
+def _check_study(
+    study: Any, base_runs: Mapping[str, Any], base_baselines: Mapping[str, Any]
+) -> None:
+    """The ``study`` block names the profile's runs and baselines in its roles."""
+    if study is None:
+        return
+    if not isinstance(study, Mapping):
+        _fail("study", study, "a mapping (see lsslib.study)")
+    for role, run in (study.get("factorial") or {}).items():
+        check_choice(
+            "study.factorial role",
+            role,
+            ("pixels_hard", "pixels_soft", "lowrank_hard", "lowrank_soft"),
+        )
+        check_choice(f"study.factorial.{role}", run, tuple(base_runs))
+    for key in ("published", "strict"):
+        if study.get(key) is not None:
+            check_choice(f"study.{key}", study[key], tuple(base_runs))
+    if study.get("real") is not None:
+        check_choice("study.real", study["real"], tuple(base_baselines))

@@ -599,7 +599,8 @@ def evaluate_set(
             :data:`lsslib.archs.ARCHS` (ResNet-18 BN, VGG-11 BN, AlexNet).
         cross_arch: allow an evaluation network other than the distillation's.
         iteration: a synthetic set's snapshot after this many iterations
-            (``snapshots/`` of the run) instead of its final set.
+            (``snapshots/`` of the run) instead of its final set; 0 is the set as
+            initialised, before any distillation (the starting-set control).
         val_per_class: also test the trained networks on this many validation images
             per class (:func:`lsslib.data.validation_split`).
         real_seed: random real only: seed of the image draw (``None`` = ``eval_seed``);
@@ -637,7 +638,7 @@ def evaluate_set(
             f"invalid parameter arch={arch!r} with cross_arch=False: allowed only with "
             "cross_arch=True (a set is distilled with a ConvNet)"
         )
-    check_range("iteration", iteration, lo=1, integer=True, allow_none=True)
+    check_range("iteration", iteration, lo=0, integer=True, allow_none=True)
     if iteration is not None and subject != "synset":
         raise ValueError(
             f"invalid parameter iteration={iteration} with baseline={subject!r}: allowed only "
@@ -749,7 +750,9 @@ def _evaluate_set(
                 real=real,
             )
         stem = (
-            run_paths.snapshot(variant["iteration"]) if variant["iteration"] else run_paths.synset
+            run_paths.snapshot(variant["iteration"])
+            if variant["iteration"] is not None
+            else run_paths.synset
         )
         loaded = load_synset(stem, device)
         if variant["cross_arch"]:

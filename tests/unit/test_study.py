@@ -191,7 +191,7 @@ def test_expert_soft_labels_on_random_real_are_counted(
         ({"labels": "expert"}, "labels='expert'"),
         ({"arch": "resnet50"}, "arch='resnet50'"),
         ({"arch": "alexnet"}, "cross_arch=False"),
-        ({"iteration": 0}, "iteration=0"),
+        ({"iteration": -1}, "iteration=-1"),
         ({"val_per_class": 0}, "val_per_class=0"),
     ],
 )

@@ -108,9 +108,9 @@ def stubs(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", PROFILE_NAMES)
 def test_dry_run_plans_every_stage(name, stubs, tmp_path):
-    from lsslib.profiles import expand_profile, load_profile
+    from lsslib.profiles import expand_profile, load_profile, read_profile
 
-    profile = yaml.safe_load((PROFILES / f"{name}.yaml").read_text())
+    profile = read_profile(PROFILES / f"{name}.yaml")  # with its extends chain merged
     proc = snakemake(tmp_path, PROFILES / f"{name}.yaml", "-n", config={"notebook_dir": stubs})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     counts = job_counts(proc.stdout)
