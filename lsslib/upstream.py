@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import profiles
+from . import profiles, stages
 from .results import Results, check_path_kinds
 
 __all__ = ["summary_layout", "missing_summary_inputs", "make_summary_inputs", "prepare_summary"]
@@ -42,10 +42,15 @@ def summary_layout(profile: str | Path) -> dict[str, Any]:
     }
 
 
+def _runs(layout: Mapping[str, Any]) -> list[str]:
+    """Every run the summary reads: the main roles, the compare rows, the ablations'."""
+    ablated = [r for members in layout["ablations"].values() for r in members]
+    return list(dict.fromkeys([*layout["main"].values(), *layout["compare"], *ablated]))
+
+
 def missing_summary_inputs(res: Results, layout: Mapping[str, Any]) -> list[Path]:
     """The records the summary reads that do not exist yet under ``res``."""
-    runs = [*layout["main"].values(), *layout["compare"]]
-    want = [res.buffer_json, *(res.run(r).eval.metrics for r in runs)]
+    want = [res.buffer_json, *(res.run(r).eval.metrics for r in _runs(layout))]
     want += [res.baseline(b).metrics for b in layout["baselines"]]
     want += [res.ablation(k).table_csv for k in layout["ablations"]]
     return [p for p in want if not p.is_file()]
@@ -55,12 +60,11 @@ def make_summary_inputs(
     profile: str, res: Results, layout: Mapping[str, Any], device: torch.device
 ) -> None:
     """Make every missing record of :func:`missing_summary_inputs` with the stage
-    functions and the profile's parameters (runs distilled and evaluated, baselines
-    evaluated, ablations swept); what exists is reused as the stages reuse it."""
-    from . import stages  # the stage functions call this module's readers
-
+    functions and the profile's parameters (every run the summary reads distilled and
+    evaluated into ``runs/``, as the pipeline does; baselines evaluated; ablations swept
+    over those runs); what exists is reused as the stages reuse it."""
     prof = profiles.expand_profile(profiles.load_profile(profile))
-    for run in dict.fromkeys([*layout["main"].values(), *layout["compare"]]):
+    for run in _runs(layout):
         paths = res.run(run)
         if not paths.eval.metrics.is_file():
             params = stages.stage_parameters("distill", {}, profile, run)
