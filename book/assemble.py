@@ -48,6 +48,13 @@ LOCAL_PATH = re.compile(r"(?:/(?:root|home|work|tmp|Users|opt|usr|var)/)[^\s'\"]
 # ----------------------------------------------------------------- notebook outputs
 
 
+#: stderr lines that only say how the notebook ran (tqdm without ipywidgets under
+#: papermill), with the source line Python prints after a warning
+NOISE = re.compile(
+    r"^.*TqdmWarning: IProgress not found.*\n(?:\s+from \.autonotebook import .*\n)?", re.M
+)
+
+
 def _final_line(text: str) -> str:
     """What a terminal would show last of a stream that redraws lines with ``\\r``."""
     lines = []
@@ -68,7 +75,8 @@ def _relative(text: str, root: Path) -> str:
 
 def clean_outputs(outputs: list[dict], root: Path) -> list[dict]:
     """A cell's outputs for the book: no widgets, progress streams as their last state
-    (consecutive stderr chunks merged first), no local paths."""
+    (consecutive stderr chunks merged first), no tqdm notice about widgets, no local
+    paths."""
     kept: list[dict] = []
     for out in outputs:
         data = out.get("data", {})
@@ -86,7 +94,7 @@ def clean_outputs(outputs: list[dict], root: Path) -> list[dict]:
         kept.append(out)
     for out in kept:
         if out.get("output_type") == "stream":
-            out["text"] = _relative(_final_line(out["text"]), root)
+            out["text"] = _relative(NOISE.sub("", _final_line(out["text"])), root)
         for key in ("text/plain", "text/markdown", "text/html"):
             if key in out.get("data", {}):
                 value = out["data"][key]

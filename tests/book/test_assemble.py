@@ -28,7 +28,13 @@ def _bar_chunks(n: int) -> list[dict]:
 
 
 def _notebook(tmp_path: Path) -> Path:
+    tqdm_notice = (
+        f"{ROOT}/.venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress "
+        "not found. Please update jupyter and ipywidgets.\n"
+        "  from .autonotebook import tqdm as notebook_tqdm\n"
+    )
     outputs = [
+        {"output_type": "stream", "name": "stderr", "text": tqdm_notice},
         {
             "output_type": "display_data",
             "data": {WIDGET: {"model_id": "abc"}, "text/plain": "expert epochs: 100%|##| 32/32"},
@@ -79,6 +85,7 @@ def test_progress_bars_end_as_one_line_without_widgets_or_local_paths(tmp_path):
     assert "/root/" not in text and "/work/" not in text, text
     assert "wrote results/cpu/runs/lss/synset.json" in streams[1]["text"]
     assert "x.py:12: UserWarning: slow" in stderr
+    assert "IProgress" not in stderr and "autonotebook" not in stderr
 
 
 def test_speed_summary_commands_and_short_tables(tmp_path):
