@@ -7,7 +7,9 @@
 #                      repository's .venv, then whatever is on PATH)
 #
 # The pages read their numbers and figures from book/_generated/, written by
-# the pipeline's summary stage (notebooks/06_summary). No results, no book.
+# the pipeline's summary stage (notebooks/06_summary); without a pipeline run,
+# book/assemble.py makes them from the committed records (records/cpu/,
+# records/study/). No results and no records, no book.
 set -euo pipefail
 
 book="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
