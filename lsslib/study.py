@@ -474,7 +474,7 @@ def best_iteration_table(rec: StudyRecords) -> tuple[pd.DataFrame, pd.DataFrame]
     """
     snaps: dict[str, dict[int, list[tuple[int, str]]]] = {}
     for name, e in rec.profile["evals"].items():
-        if e["iteration"] is None:
+        if e["iteration"] in (None, 0):  # 0: the starting-set control, not a candidate
             continue
         run = e["of"]
         base, seed = rec.profile["seed_of"][run]
@@ -525,6 +525,116 @@ def best_iteration_table(rec: StudyRecords) -> tuple[pd.DataFrame, pd.DataFrame]
             }
         )
     return pd.DataFrame(summary_rows), pd.DataFrame(detail)
+
+
+def choose_on_validation(val_accuracies: Mapping[Any, Sequence[float]]) -> Any:
+    """The candidate whose validation accuracies have the highest mean; ties go to the
+    first in order. It sees nothing but validation accuracies, so no choice it makes
+    can depend on the test set.
+
+    Args:
+        val_accuracies: ``{candidate: [validation accuracy of each evaluation, ...]}``.
+
+    Raises:
+        ValueError: no candidate, or one without validation accuracies.
+    """
+    if not val_accuracies:
+        raise ValueError("invalid parameter val_accuracies={}: allowed at least one candidate")
+    best, best_mean = None, -math.inf
+    for cand, accs in val_accuracies.items():
+        if not accs or not all(math.isfinite(a) for a in accs):
+            raise ValueError(
+                f"invalid parameter val_accuracies[{cand!r}]={list(accs)!r}: allowed finite "
+                "validation accuracies (run with val_per_class)"
+            )
+        m = float(np.mean(accs))
+        if m > best_mean:
+            best, best_mean = cand, m
+    return best
+
+
+def _variant_base(rec: StudyRecords, base: str, suffix: str) -> str | None:
+    """The base name of a run's controlled evaluation (``R-it0``, ``R-lrX``), if any."""
+    name = f"{base}{suffix}"
+    return name if any(b == name for b, _ in rec.profile["seed_of"].values()) else None
+
+
+def _contrast_rows(rec: StudyRecords, suffix: str, label: str) -> list[dict[str, Any]]:
+    """The two primary contrasts, each cell taken at its ``suffix`` evaluation."""
+    rows = []
+    for name, a, b, _ in EFFECTS:
+        if name not in PRIMARY_EFFECTS:
+            continue
+        ba, bb = _role_base(rec, a), _role_base(rec, b)
+        va = _variant_base(rec, ba, suffix) if ba else None
+        vb = _variant_base(rec, bb, suffix) if bb else None
+        if va and vb:
+            d = stats.paired_difference(va, rec.scores(va), vb, rec.scores(vb))
+            rows.append({"contrast": f"{name}, {label}", "cells": f"{va} − {vb}",
+                         "difference (pp, 95 % CI)": _ci_text(d), "seeds": d.n_pairs})  # fmt: skip
+    return rows
+
+
+def starting_set_table(rec: StudyRecords) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each cell's set as initialised (``R-it0``, before any distillation) against the
+    distilled one, paired by seed: how much of a cell's accuracy is its starting set
+    (for low-rank sets the SVD of real images, compressed real data at equal storage)
+    and how much the distillation adds; and the primary contrasts at initialisation.
+
+    Returns:
+        ``(per cell table, primary contrasts at initialisation)``, accuracies in %;
+        both empty without ``init_controls``.
+    """
+    rows = []
+    for base in dict.fromkeys(b for b, _ in rec.profile["seed_of"].values()):
+        init = _variant_base(rec, base, "-it0")
+        if base not in rec.profile["runs"] or not init:
+            continue
+        a, b = rec.scores(base), rec.scores(init)
+        d = stats.paired_difference(base, a, init, b)
+        rows.append({
+            "cell": base,
+            "initialised (%)": _fmt(np.mean(list(b.values())), _sd(b)),
+            "distilled (%)": _fmt(np.mean(list(a.values())), _sd(a)),
+            "distillation gain (pp, 95 % CI)": _ci_text(d),
+            "seeds": d.n_pairs,
+        })  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(_contrast_rows(rec, "-it0", "as initialised"))
+
+
+def common_lr_table(rec: StudyRecords) -> tuple[pd.DataFrame, pd.DataFrame, float | None]:
+    """Every cell at its own learned ``syn_lr`` and at one common evaluation rate, chosen
+    once for all cells on the validation split from the profile's ``common_lr.grid``
+    (:func:`choose_on_validation`: the highest mean validation accuracy over every
+    cell and seed), so the set is told apart from the step size it learned.
+
+    Returns:
+        ``(per cell table, primary contrasts at the common rate, the rate)``;
+        empty tables and ``None`` without ``common_lr``.
+    """
+    grid = (rec.profile.get("common_lr") or {}).get("grid") or []
+    cells = [b for b in rec.profile["runs"] if rec.profile["seed_of"][b][0] == b]
+    if not grid or not cells:
+        return pd.DataFrame(), pd.DataFrame(), None
+    val = {}
+    for lr in grid:
+        names = [n for c in cells for n in rec.names_of(profiles.common_lr_name(c, lr)).values()]
+        val[lr] = [float(np.mean(rec.record(n).result.get("val_accuracies") or [math.nan]))
+                   for n in names]  # fmt: skip
+    chosen = choose_on_validation(val)
+    suffix = "-lr" + f"{chosen:g}"
+    rows = []
+    for c in cells:
+        a, b = rec.scores(c), rec.scores(f"{c}{suffix}")
+        d = stats.paired_difference(f"{c}{suffix}", b, c, a)
+        rows.append({
+            "cell": c,
+            "at its learned syn_lr (%)": _fmt(np.mean(list(a.values())), _sd(a)),
+            f"at the common rate {chosen:g} (%)": _fmt(np.mean(list(b.values())), _sd(b)),
+            "common − learned (pp, 95 % CI)": _ci_text(d),
+        })  # fmt: skip
+    contrasts = _contrast_rows(rec, suffix, f"at the common rate {chosen:g}")
+    return pd.DataFrame(rows), pd.DataFrame(contrasts), float(chosen)
 
 
 def _sd(d: Mapping[int, float]) -> float:
@@ -631,7 +741,9 @@ def study_tables(
     """Write the study's tables, figure and generated findings into ``out_dir``.
 
     Writes ``cells``, ``effects``, ``ddranking``, ``best_iteration``,
-    ``best_iteration_seeds`` and ``crossarch`` (``.csv`` + ``.md``), ``effects.png``, ``findings.md`` (the effects in
+    ``best_iteration_seeds`` and ``crossarch`` (``.csv`` + ``.md``), with
+    ``init_controls`` also ``starting_set`` and ``starting_set_contrasts``, with
+    ``common_lr`` also ``common_lr`` and ``common_lr_contrasts``; ``effects.png``, ``findings.md`` (the effects in
     sentences) and ``study_info.md`` (the run's provenance box).
 
     Returns:
@@ -664,6 +776,15 @@ def study_tables(
         "best_iteration_seeds": best_detail,
         "crossarch": xa,
     }
+    init, init_contrasts = starting_set_table(rec)
+    common, common_contrasts, _rate = common_lr_table(rec)
+    controls = {
+        "starting_set": init,
+        "starting_set_contrasts": init_contrasts,
+        "common_lr": common,
+        "common_lr_contrasts": common_contrasts,
+    }
+    tables.update({k: v for k, v in controls.items() if len(v)})  # only what the profile has
     for name, df in tables.items():
         visible = df[[c for c in df.columns if not c.startswith("_")]]
         report.write_table(visible, out / name)

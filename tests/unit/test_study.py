@@ -1,4 +1,4 @@
-"""Issue 12's machinery: the validation split, label-robust evaluation, snapshots,
+"""The study's machinery: the validation split, label-robust evaluation, snapshots,
 profile expansion with seeds and further evaluations, the study's tables."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lsslib import data as data_mod
 from lsslib import evaluate, profiles, stages
@@ -314,10 +315,12 @@ def test_eval_record_keeps_the_variant(tmp_path):
 
 
 # ------------------------------------------------------------------ the study tables
-def _fake_records(root: Path, acc) -> None:
-    """Records of every run, baseline and evaluation of the smoke_study profile, with
-    test accuracy ``acc(base, seed, net)`` (fractions) and validation accuracy equal to it."""
-    prof = profiles.expand_profile(profiles.load_profile("smoke_study"))
+def _fake_records(root: Path, acc, profile="smoke_study", val=None) -> None:
+    """Records of every run, baseline and evaluation of the profile (smoke_study by
+    default), with test accuracy ``acc(base, seed, net)`` (fractions) and validation
+    accuracy ``val(base, seed, net)`` (default: equal to it)."""
+    val = val or acc
+    prof = profiles.expand_profile(profiles.load_profile(profile))
     storage = {
         "budget_floats": 30720, "image_floats": 30720, "label_floats": 0, "lr_floats": 1,
         "strict": False, "images_per_class": 1, "used_floats": 30720, "total_bytes": 122884,
@@ -327,7 +330,8 @@ def _fake_records(root: Path, acc) -> None:
 
     def write(path: Path, base: str, seed: int, iteration: int | None = None) -> None:
         accs = [acc(base, seed, i) for i in range(2)]
-        result = {"accuracies": accs, "mean": sum(accs) / 2, "std": 0.0, "val_accuracies": accs}
+        vals = [val(base, seed, i) for i in range(2)]
+        result = {"accuracies": accs, "mean": sum(accs) / 2, "std": 0.0, "val_accuracies": vals}
         extra = {"variant": {"labels": "stored"}, "iteration": iteration or 4}
         rec = EvalRecord("synset", base, result, storage, {"model": model}, "cpu", extra=extra)
         rec.write(path)
@@ -496,3 +500,49 @@ def test_ddranking_metrics_of_known_records(tmp_path):
     assert (px["syn-hard"], px["random real, same labels"]) == ("px_hard", "random_real")
     assert px["IOR (pp), ± over seeds"] == "10.0 ± 0.0"
     assert px["HLR (pp), ± over seeds"] == "11.5 ± 0.7"
+
+
+def test_starting_set_and_common_rate_tables_of_known_records(tmp_path):
+    """Initialised sets 10 (pixels) and 8 (low-rank) pp below their distilled ones; at
+    the common rates, test prefers 0.003 but validation 0.01: the rate is chosen on
+    validation, never on test."""
+    prof = yaml.safe_load(profiles.profile_path("smoke_study").read_text())
+    path = tmp_path / "controls.yaml"
+    prof.update(init_controls=True, common_lr={"grid": [0.003, 0.01]})
+    path.write_text(yaml.safe_dump(prof))
+    final = {"px_hard": 0.30, "px_soft": 0.31, "lr_hard": 0.33, "lss": 0.36, "mtt": 0.29}
+    init = {"px_hard": 0.20, "lr_hard": 0.25}
+
+    def cell(base):
+        return base.split("-it")[0].split("-lr")[0]
+
+    def acc(base, seed, net):
+        if base.endswith("-it0"):
+            return init.get(cell(base), 0.15) + 0.01 * seed
+        if base.endswith("-lr0.003"):
+            return 0.50 + 0.01 * seed  # the best on test ...
+        return final.get(cell(base), 0.2) + 0.01 * seed
+
+    def val(base, seed, net):
+        return 0.10 if base.endswith("-lr0.003") else acc(base, seed, net)  # ... not on val
+
+    _fake_records(tmp_path / "res", acc, profile=path, val=val)
+    tables = study_mod.study_tables(tmp_path / "res", path, tmp_path / "out")
+    init_t = tables["starting_set"].set_index("cell")
+    assert init_t.loc["px_hard", "distillation gain (pp, 95 % CI)"].startswith("+10.0")
+    assert init_t.loc["lr_hard", "distillation gain (pp, 95 % CI)"].startswith("+8.0")
+    at_init = tables["starting_set_contrasts"].set_index("cells")
+    assert at_init.loc["lr_hard-it0 − px_hard-it0", "difference (pp, 95 % CI)"].startswith("+5.0")
+    common = tables["common_lr"].set_index("cell")
+    assert "at the common rate 0.01 (%)" in common.columns
+    assert common.loc["lr_hard", "common − learned (pp, 95 % CI)"].startswith("+0.0")
+    assert (tmp_path / "out" / "common_lr_contrasts.md").is_file()
+    # the best-iteration table does not take the starting set for a candidate
+    assert "0" not in set(tables["best_iteration_seeds"]["chosen on validation"].astype(str))
+
+
+def test_the_choice_reads_only_validation_accuracies():
+    assert study_mod.choose_on_validation({"a": [0.2, 0.4], "b": [0.35, 0.35], "c": [0.3]}) == "b"
+    assert study_mod.choose_on_validation({"x": [0.3], "y": [0.3]}) == "x"  # ties: first
+    with pytest.raises(ValueError, match=r"val_accuracies\['y'\]=\[nan\]"):
+        study_mod.choose_on_validation({"x": [0.3], "y": [math.nan]})
