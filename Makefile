@@ -96,7 +96,7 @@ unlock: setup
 book: data pipeline
 	bash book/build.sh
 
-# The study of issue 12 (lsslib/_profiles/study.yaml: 3 distillation seeds, the
+# The study (lsslib/_profiles/study.yaml: 3 distillation seeds, the
 # parameterisation x labels factorial, label-robust, best-iteration and cross-
 # architecture evaluations; 72 min on 2 cores on 2026-12-01). Its book inputs go to
 # results/study/book (not book/_generated); its records of record to records/study.

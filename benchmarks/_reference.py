@@ -1,4 +1,4 @@
-"""The plain PyTorch reference the benchmarks compare lsslib with (issue #16).
+"""The plain PyTorch reference the benchmarks compare lsslib with.
 
 What users know from the DC/DSA/MTT code base, written out here with no lsslib
 speed path: an ``nn.Module`` ConvNet (``utils.ConvNet``: Conv 3x3 -> GroupNorm

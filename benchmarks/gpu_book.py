@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: The issue's GPU targets (issue 14; benchmarks/README.md).
+#: The GPU speed targets (benchmarks/README.md).
 TARGETS = {
     "experts_img_s": 50_000,
     "experts_ratio": 5.0,

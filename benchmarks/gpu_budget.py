@@ -1,6 +1,6 @@
-"""Analytic time model of the one-lease GPU suite (``benchmarks/gpu_suite.py``).
+"""Analytic time model of the 10-minute GPU check (``benchmarks/gpu_suite.py``).
 
-The device lease gives one command at most 600 s; the suite must end within
+A GPU node lent for a short check typically allows one command at most 600 s; the suite must end within
 540 s on one H100 or H200. This module predicts the time of every part of the
 suite from FLOP counts (``benchmarks/_common.py``, ``lsslib.models.flops_per_image``)
 and a few *assumed* device rates, and derives the ``gpu`` profile's sizes
@@ -29,7 +29,7 @@ those peaks, which the margins (:data:`MARGINS`) and the wall-clock guard absorb
   with instance norm, ReLU, pooling and DSA between them, are launch- and
   memory-bound in eager PyTorch; the CPU records reach 49-77 % of a matmul
   peak, but a GPU needs much larger batches than 256 for that.
-* distillation (strict fp32, PAPER.md 2.6): **17.8 TFLOP/s**, half of the
+* distillation (strict fp32, book/choices.md §6): **17.8 TFLOP/s**, half of the
   target 40,000 image-steps/s x 892 MFLOP (35.7 TFLOP/s), 27 % of the FP32
   non-tensor peak.
 * latency floors: 4 ms per SGD step of up to 10 networks trained together
@@ -94,7 +94,7 @@ __all__ = [
     "baseline_parameters",
 ]
 
-#: Wall-clock budget of the whole suite on the device (s): the lease allows 600 s a command.
+#: Wall-clock budget of the whole suite on the device (s): one command may take at most 600 s.
 BUDGET_S = 540.0
 #: Each part may run this many times its predicted time (its share of the budget):
 #: a benchmark killed at its deadline loses everything, so its process gets the most

@@ -1,4 +1,4 @@
-"""One-lease GPU suite: the three stage benchmarks and the `gpu` profile, in at most 540 s.
+"""The 10-minute GPU check: the three stage benchmarks and the `gpu` profile, in at most 540 s.
 
 Drives the library directly (no papermill, no Snakemake), on the device
 machine's own Python; ``benchmarks/gpu_suite.sh`` installs the carried wheels
@@ -606,7 +606,7 @@ class Suite:
         ):
             self.mark(part, "skipped", 0.0, "the buffer has too few epochs")
             return
-        dev = report.pick_device(self.device, tf32=False)  # strict fp32 (PAPER.md 2.6)
+        dev = report.pick_device(self.device, tf32=False)  # strict fp32 (book/choices.md §6)
         out = self.work / "runs" / run
         shutil.rmtree(out, ignore_errors=True)
         d = distill.Distiller(

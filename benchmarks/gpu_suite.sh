@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-lease GPU suite: the three stage benchmarks and the `gpu` profile in at
+# The 10-minute GPU check: the three stage benchmarks and the `gpu` profile in at
 # most 540 s on one H100/H200 (benchmarks/gpu_suite.py says what it runs and
 # writes; benchmarks/gpu_budget.py how long each part should take).
 #

@@ -15,7 +15,7 @@ the name of the tensor file and its sha256). The JSON is the commit record:
 4. the superseded tensor file is deleted.
 
 A kill at any moment therefore leaves the previous complete artifact or the new
-complete one, never new tensors beside old JSON (issue 11). Loading follows the
+complete one, never new tensors beside old JSON. Loading follows the
 JSON to its tensor file and checks the schema version, the kind and the
 checksum; nothing is ever unpickled. Artifacts of the older layout (a fixed
 ``NAME.safetensors``) still load. Concurrent writers of one artifact are

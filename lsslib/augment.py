@@ -4,7 +4,7 @@ Semantics follow the DSA/MTT code (``utils.DiffAugment`` with
 ``ParamDiffAug``, ``aug_mode='S'``): each call picks ONE family of the strategy
 string (``color_crop_cutout_flip_scale_rotate``) and samples per-image
 parameters; ``color`` applies brightness, saturation and contrast in turn.
-Ranges (PAPER.md 2.10): flip p 0.5, scale 1.2, rotate 15 deg, crop 0.125,
+Ranges (book/choices.md §10): flip p 0.5, scale 1.2, rotate 15 deg, crop 0.125,
 cutout 0.5, brightness 1.0, saturation 2.0, contrast 0.5.
 
 Sampling is split from application: :func:`sample_dsa` draws a

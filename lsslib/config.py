@@ -9,8 +9,8 @@ data is loaded or any network is built.
 
 Parameter names are unique across the dataclasses so that one flat namespace
 (a notebook's ``parameters`` cell, a profile block) maps onto them without
-ambiguity. Defaults follow ``shared/paper/PAPER.md`` (section 2 for the method,
-section 3 for the CIFAR-10 IPC 1 anchor hyper-parameters of MTT).
+ambiguity. Defaults follow the choices of the book's page ``book/choices.md`` (the
+method) and MTT's published CIFAR-10 IPC 1 hyper-parameters (the anchor).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class _Params:
 
 @dataclass(frozen=True)
 class DataConfig(_Params):
-    """Which data, how much of it, how it is normalised (PAPER.md 2.7).
+    """Which data, how much of it, how it is normalised (book/choices.md §7).
 
     Attributes:
         dataset: a registered dataset (:func:`lsslib.datasets.names`; the default is
@@ -143,7 +143,7 @@ class DataConfig(_Params):
         zca_eps: ZCA regulariser (0.1 in MTT/KIP).
         zca_input: what ZCA is fitted on: ``raw`` [0, 1] pixels (MTT's ``--zca``,
             the default) or ``meanstd`` (per-channel mean/std first; this library's
-            order before issue #16). See :mod:`lsslib.data`.
+            order of earlier versions). See :mod:`lsslib.data`.
         subset_seed: seed of the class-balanced subset draw.
     """
 
@@ -174,7 +174,7 @@ class DataConfig(_Params):
 
 @dataclass(frozen=True)
 class ModelConfig(_Params):
-    """The ConvNet family (PAPER.md 2.9). ConvNetD3 = depth 3, width 128, instance norm.
+    """The ConvNet family (book/choices.md §9). ConvNetD3 = depth 3, width 128, instance norm.
 
     Attributes:
         net_depth: number of conv blocks (each halves the side with pooling).
@@ -203,7 +203,7 @@ def _check_dsa(strategy: str) -> None:
 
 @dataclass(frozen=True)
 class BufferConfig(_Params):
-    """Expert training (MTT ``buffer.py``; PAPER.md 2.7).
+    """Expert training (MTT ``buffer.py``; book/choices.md §7).
 
     Attributes:
         num_experts: number of expert trajectories E.
@@ -245,7 +245,7 @@ class BufferConfig(_Params):
 
 @dataclass(frozen=True)
 class DistillConfig(_Params):
-    """Trajectory matching with a low-rank or pixel synthetic set (PAPER.md 2.1-2.6).
+    """Trajectory matching with a low-rank or pixel synthetic set (book/choices.md §1-2.6).
 
     Attributes:
         parameterisation: a registered parameterisation (:mod:`lsslib.parameterisations`;
@@ -289,7 +289,7 @@ class DistillConfig(_Params):
             ``sharded`` (``checkpointed`` with each step's batch split over the ranks of a
             ``torch.distributed`` group, :mod:`lsslib.sharded`; see :meth:`check_sharding`).
         checkpoint_every: write a resumable checkpoint every this many iterations.
-        max_batch_syn: upper bound on the synthetic batch (memory guard; PAPER.md 2.11).
+        max_batch_syn: upper bound on the synthetic batch (memory guard; book/choices.md §11).
     """
 
     parameterisation: str = parameterisations.DEFAULT
@@ -376,7 +376,7 @@ class DistillConfig(_Params):
         return max(self.min_start_epoch, math.ceil(self.max_start_epoch / 2))
 
     def budget(self, *, channels: int, side: int, num_classes: int) -> Budget:
-        """The storage budget of this run for data of shape (C, H = W, K) (PAPER.md 2.2)."""
+        """The storage budget of this run for data of shape (C, H = W, K) (book/choices.md §2)."""
         return Budget(
             self.ipc,
             self.rank,
@@ -515,7 +515,7 @@ def _world_size() -> int | None:
 
 @dataclass(frozen=True)
 class EvalConfig(_Params):
-    """Meta-test protocol (MTT ``evaluate_synset``; PAPER.md 2.8).
+    """Meta-test protocol (MTT ``evaluate_synset``; book/choices.md §8).
 
     Attributes:
         num_eval: fresh networks trained on the set (5).

@@ -7,7 +7,7 @@ normaliser and ZCA, and the class-balanced subsets. No dataset is named here.
 
 The whole (sub)set is decoded once, cached as uint8 safetensors under the cache
 folder (``$LSS_CACHE_DIR`` or ``./data/cache``), and held as one float tensor on
-the target device, as MTT does. Normalisation (PAPER.md 2.7):
+the target device, as MTT does. Normalisation (book/choices.md §7):
 
 * ``zca`` with ``zca_input="raw"`` (the default) follows MTT's ``--zca`` path:
   kornia's ``ZCAWhitening`` (eps 0.1, unbiased covariance) fitted on the whole
@@ -252,7 +252,7 @@ def class_balanced_split(
     ``per_class`` examples of each class (exactly :func:`class_balanced_indices` with
     the same seed) and the next ``held_out`` ones.
 
-    This is how the validation split of issue 12 is taken from training images that no
+    This is how the validation split of the study is taken from training images that no
     stage trains on: the training subset is unchanged by holding images out.
 
     Args:
@@ -287,7 +287,7 @@ def validation_split(
     config: DataConfig, per_class: int, normaliser: Normaliser, device: str | torch.device = "cpu"
 ) -> tuple[Tensor, Tensor]:
     """A validation split of ``per_class`` training images per class that no stage
-    trains on (issue 12: choosing the best distillation iteration without the test set).
+    trains on (choosing the best distillation iteration without the test set).
 
     The images come after the training subset in the same per-class random order
     (:func:`class_balanced_split`), so they are disjoint from every image the experts,

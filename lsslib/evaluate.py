@@ -1,4 +1,4 @@
-"""Meta-test evaluation (MTT ``evaluate_synset``; PAPER.md 2.8).
+"""Meta-test evaluation (MTT ``evaluate_synset``; book/choices.md §8).
 
 ``num_eval`` fresh networks (network ``i`` seeded ``eval_seed + i``) are trained
 on the given images for ``eval_epochs`` epochs with SGD (momentum 0.9, weight
@@ -48,7 +48,7 @@ EVAL_OUTPUT_BYTES = 5_000_000
 
 
 def claim_out_dir(out_dir: str | Path, *, need_bytes: int = EVAL_OUTPUT_BYTES) -> FolderLock:
-    """Take the evaluation folder for this process, before any work (issue 11).
+    """Take the evaluation folder for this process, before any work.
 
     Refuses an ``out_dir`` that is a file, a folder another process is writing
     into (one writer per folder, :mod:`lsslib.locking`) and a disk without
@@ -280,7 +280,7 @@ def spec_for(model_cfg: ModelConfig, data: RealData) -> ConvNetSpec:
 
 def eval_lr(cfg: EvalConfig, syn_lr: float | None = None) -> float:
     """MTT's evaluation learning rate: ``lr_eval`` if set, else the set's learned
-    syn_lr, else 0.01 (real images; PAPER.md 2.8)."""
+    syn_lr, else 0.01 (real images; book/choices.md §8)."""
     if cfg.lr_eval is not None:
         return cfg.lr_eval
     return syn_lr if syn_lr is not None else 0.01

@@ -151,7 +151,7 @@ def _without_paths(data_cfg: Mapping[str, object]) -> dict[str, object]:
 def content_identity(
     data_cfg: DataConfig, buffer: ExpertBuffer, x_real: Tensor, y_real: Tensor
 ) -> dict[str, object]:
-    """What a distillation run is, apart from its own parameters: no paths (issue 11).
+    """What a distillation run is, apart from its own parameters: no paths.
 
     Returns:
         ``{"data": data configuration without data_root, "buffer_digest": the buffer's
@@ -195,7 +195,7 @@ def train_experts(
     Args:
         data: the training/test tensors on the training device.
         model_cfg: the ConvNet configuration.
-        cfg: the buffer configuration (PAPER.md 2.7).
+        cfg: the buffer configuration (book/choices.md §7).
         folder: output folder.
         log: receives one line per finished expert group and the disk estimate.
         progress: called as ``progress(epochs_done, epochs_total)`` after every epoch.

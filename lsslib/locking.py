@@ -1,7 +1,7 @@
 """One writer per output folder: advisory locks that die with their process.
 
 Snakemake's own lock does not cover papermill or the library run directly, so
-every stage takes a lock of its own (issue 11):
+every stage takes a lock of its own:
 
 * :func:`hold_folder` / :func:`folder_lock` guard a stage's output folder (the
   buffer folder, a distillation run folder, an evaluation folder). A second

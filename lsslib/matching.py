@@ -1,6 +1,6 @@
 """Trajectory matching: the normalised parameter-matching loss and its gradient modes.
 
-One iteration (MTT ``distill.py``; PAPER.md 2.5-2.6) starts the student at w*_t, takes
+One iteration (MTT ``distill.py``; book/choices.md §5-2.6) starts the student at w*_t, takes
 ``syn_steps`` SGD steps of size ``syn_lr`` on the planned batches of the synthetic set
 (:mod:`lsslib.plan`), and scores ||w_N - w*_{t+M}||^2 / ||w*_t - w*_{t+M}||^2. The modes
 are peers over one plan and one inner step:

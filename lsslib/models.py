@@ -9,7 +9,7 @@ runs it. Layout and initialisation match the module ConvNet of the DC/DSA/MTT
 code base (``utils.ConvNet``): per block Conv 3x3 (pad 1, bias) -> norm -> ReLU ->
 pool, then one Linear layer; PyTorch's default uniform initialisation.
 
-ConvNetD3 (PAPER.md 2.9): depth 3, width 128, instance norm (GroupNorm with one
+ConvNetD3 (book/choices.md §9): depth 3, width 128, instance norm (GroupNorm with one
 group per channel, affine), average pooling: 320,010 parameters for 10 classes,
 504,420 for 100.
 

@@ -1,7 +1,7 @@
 """The plan of one matching iteration: start epochs, batches, DSA draws, the inner step.
 
 Shared by every gradient mode of :mod:`lsslib.matching` (and :mod:`lsslib.tesla`): the
-start-epoch schedules (PAPER.md 2.5), the *plan* of an iteration (the batch indices
+start-epoch schedules (book/choices.md §5), the *plan* of an iteration (the batch indices
 and DSA parameters of every inner step, drawn before the steps so that all modes
 compute the same numbers), and the student's inner-step loss.
 """
@@ -29,7 +29,7 @@ __all__ = [
 
 
 def schedule_upper(cfg: DistillConfig, it: int) -> int:
-    """Upper bound of the start epoch at iteration ``it`` (PAPER.md 2.5).
+    """Upper bound of the start epoch at iteration ``it`` (book/choices.md §5).
 
     * ``fixed``: T_max (MTT).
     * ``linear``: min(T_max, T_cur + (T_max - T_cur) * it / E), floored (DATM).

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .plots import min_font_pt, plt
 from .training import enable_tf32, tune_cpu_malloc
 
 __all__ = [
@@ -38,7 +39,7 @@ def pick_device(device: str, *, tf32: bool = True, tune_malloc: bool = True) -> 
         device: the device string.
         tf32: on CUDA, allow TF32 tensor cores (:func:`lsslib.training.enable_tf32`);
             the distillation stage passes ``False`` to keep the unrolled loop in strict
-            fp32 (PAPER.md 2.6).
+            fp32 (book/choices.md §6).
         tune_malloc: on CPU, keep freed tensor memory in the heap
             (:func:`lsslib.training.tune_cpu_malloc`; same results, faster, the process
             keeps its peak memory).
@@ -103,10 +104,6 @@ def save_figure(fig, path: str | Path, dpi: int = 130, close: bool = False) -> P
     file (the book's browser tests) can compute how large its text renders on a page:
     px = pt * dpi / 72 * rendered width / PNG width.
     """
-    import matplotlib.pyplot as plt
-
-    from .plots import min_font_pt
-
     meta = {"lss:min_font_pt": f"{min_font_pt(fig):.2f}", "lss:dpi": str(dpi)}
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata=meta)

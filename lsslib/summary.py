@@ -1,7 +1,7 @@
 """The book's tables, assembled from the stages' artifacts (no training here).
 
 Every number is labelled with where it comes from: *paper* (the paper's text),
-*anchor* (published elsewhere; PAPER.md section 4) or *measured here* (this
+*anchor* (published elsewhere; the anchors' published accuracies, book/results.md) or *measured here* (this
 profile's runs, with hardware).
 """
 
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__, parameterisations
-from .report import fmt_acc
+from . import __version__, parameterisations, plots, study
+from .report import fmt_acc, save_figure
 from .results import EvalRecord, Results, read_json, run_facts
 from .synset import layout
 
@@ -32,7 +32,7 @@ __all__ = [
     "buffers_table",
 ]
 
-#: Published CIFAR-10 IPC 1 accuracies (%) used in the claims table (PAPER.md section 4).
+#: Published CIFAR-10 IPC 1 accuracies (%) used in the claims table (the anchors' published accuracies, book/results.md).
 ANCHORS_CIFAR10_IPC1 = {"random real": 14.4, "MTT": 46.3, "DATM": 46.9, "full train set": 84.8}
 
 
@@ -101,7 +101,7 @@ def main_table(
 
 
 def storage_table(channels: int = 3, side: int = 32, num_classes: int = 10) -> pd.DataFrame:
-    """Images per class that fit IPC 1/10/50 for each parameterisation and rank (PAPER.md 2.2),
+    """Images per class that fit IPC 1/10/50 for each parameterisation and rank (book/choices.md §2),
     and the share of each budget the images use, in four short columns (the budgets are in
     the last column's header).
 
@@ -254,7 +254,7 @@ def paper_claims_table(
 
 
 def choices_table(rank: pd.DataFrame | None, schedule: pd.DataFrame | None) -> pd.DataFrame:
-    """The reconstruction choices of PAPER.md section 2 and how much the measured ones matter."""
+    """The reconstruction choices of book/choices.md and how much the measured ones matter."""
 
     def spread(df: pd.DataFrame | None, key: str) -> str:
         if df is None or not len(df):
@@ -369,8 +369,6 @@ def comparison_figures(
     * ``storage_accuracy.png``: accuracy against stored floats for every rank run and the
       equal-storage rows, per IPC that has records (:func:`plots.storage_accuracy`).
     """
-    from . import plots
-    from .report import save_figure
 
     figs = Path(figs)
     eq = equal_storage_rows(main_df)
@@ -424,8 +422,6 @@ def study_figures(results_dir: str | Path, profile: str, out: str | Path) -> lis
     * ``accuracy_iteration.png``: accuracy against distillation iteration per cell, from
       the sets saved during distillation and the final ones (mean ± std over seeds).
     """
-    from . import plots, study
-    from .report import save_figure
 
     rec = study.StudyRecords(results_dir, profile)
     out = Path(out)

@@ -3,8 +3,8 @@
 The parameterisations themselves (pixels, low-rank, their variants) are units of
 :mod:`lsslib.parameterisations`, found by name through its registry. This module holds
 what is common to all of them and needs the networks: the choice of real images to
-start from (DATM's rule, PAPER.md 2.3), DATM's soft-label initialisation (PAPER.md
-2.4), and the synthetic-set artifact (safetensors + JSON) that carries what is needed
+start from (DATM's rule, book/choices.md §3), DATM's soft-label initialisation (book/choices.md
+§4), and the synthetic-set artifact (safetensors + JSON) that carries what is needed
 to show the set without loading the dataset: its images in pixel space (uint8), the
 normaliser's description and the class names.
 """
@@ -54,7 +54,7 @@ def layout(
     strict_budget: bool,
 ) -> Layout:
     """The largest layout of ``parameterisation`` that fits ``ipc`` images per class
-    (the unit's :meth:`~lsslib.parameterisations.SynSet.solve`; PAPER.md 2.2).
+    (the unit's :meth:`~lsslib.parameterisations.SynSet.solve`; book/choices.md §2).
 
     Raises:
         ValueError: unknown parameterisation.
@@ -78,7 +78,7 @@ def _pick_real(
     first ``n`` that the expert classifies correctly are taken, then (if fewer
     are correct) the incorrect ones in the same order, then repeats. The expert
     runs on chunks of that order (``max(8, 2n)`` images, doubling up to 4,096)
-    and stops as soon as ``n`` correct images are found (issue #16: classifying all 50,000 training images took 92-102 s at
+    and stops as soon as ``n`` correct images are found (classifying all 50,000 training images took 92-102 s at
     width 128 on two CPU cores), so the picks equal those of classifying every
     image first, at the cost of a few chunks.
     """
@@ -103,7 +103,7 @@ def _pick_real(
             ok_all = torch.zeros(len(order), dtype=torch.bool, device=order.device)
             ok_all[torch.isin(order, good_idx)] = True
             order = torch.cat([order[ok_all], order[~ok_all]])
-        import logging  # local: only this function's body is edited here (issue #16)
+        import logging  # local: only this function's body is edited here
 
         logging.getLogger(__name__).info(
             "initial images of class %d: %d of %d correct in the first %d candidates",
@@ -129,7 +129,7 @@ def build_synset(
     spec: ConvNetSpec | None = None,
     generator: torch.Generator | None = None,
 ) -> SynSet:
-    """Build and initialise a synthetic set (PAPER.md 2.3).
+    """Build and initialise a synthetic set (book/choices.md §3).
 
     Args:
         parameterisation: a registered name (:func:`lsslib.parameterisations.names`).
@@ -168,7 +168,7 @@ def build_synset(
 def init_soft_labels(
     spec: ConvNetSpec, experts: Tensor, images: Tensor, class_index: Tensor
 ) -> Tensor:
-    """DATM's soft-label initialisation (PAPER.md 2.4).
+    """DATM's soft-label initialisation (book/choices.md §4).
 
     Each image's logits are the mean, over the experts' final checkpoints that
     classify it correctly, of their logits; an image no expert gets right takes the

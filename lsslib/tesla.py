@@ -44,8 +44,8 @@ double-backward formulas, which round differently from pass 1's, so its
 ``w_i`` may drift from pass 1's at the float-rounding level (1e-7 relative in
 float32); this is far below the approximation itself.
 
-**The factor-2 bug of the released code** (reported in justincui03/tesla
-issue 5): the image gradient there is ``2 * torch.autograd.grad(...)``, and
+**The factor-2 bug of the released code** (reported on justincui03/tesla's
+public tracker): the image gradient there is ``2 * torch.autograd.grad(...)``, and
 ``torch.autograd.grad`` returns a *tuple*, so ``2 * (g,)`` is the tuple
 ``(g, g)`` and its first element is ``g``, not ``2 g``: the images get half the
 gradient of the equations, while syn_lr's gradient (taken by autograd on the

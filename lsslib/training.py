@@ -111,7 +111,7 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy against hard labels (int64 ``[B]``) or a distribution (float ``[B, K]``).
 
     Returns the mean over the batch (a scalar); for soft targets
-    ``-(target * log_softmax(logits)).sum(-1).mean()`` (PAPER.md 2.4, T = 1).
+    ``-(target * log_softmax(logits)).sum(-1).mean()`` (book/choices.md §4, T = 1).
     """
     if target.dtype == torch.int64:
         return F.cross_entropy(logits, target)
@@ -293,7 +293,7 @@ def test_batch_size(spec: ConvNetSpec, budget_bytes: int = TEST_BATCH_BYTES) -> 
     map; up to three of them are alive at once (convolution, norm and ReLU
     outputs). At width 128 on 32x32 images that is 1.5 MiB per image, i.e. 170
     images for the default 256 MiB; the fixed batch of 2,000 used before held
-    about 1 GB per activation and was slower on CPU (issue #16: 26.3 s against
+    about 1 GB per activation and was slower on CPU (26.3 s against
     19.3 s at batch 128).
 
     Returns:

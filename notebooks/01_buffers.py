@@ -16,7 +16,7 @@
 # # Stage 1: expert trajectories
 #
 # Trains `num_experts` ConvNets on the real training set and stores each one's
-# parameters after every epoch (MTT's buffer; PAPER.md 2.7). The run resumes at
+# parameters after every epoch (MTT's buffer; book/choices.md §7). The run resumes at
 # the expert group and epoch where it stopped, refuses a folder that holds a
 # buffer of other parameters, and checks the free disk space first.
 #

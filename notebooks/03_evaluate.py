@@ -19,7 +19,7 @@
 # class-balanced random real subset of `real_ipc` images per class
 # (`baseline="random_real"`), or on the whole training (sub)set
 # (`baseline="full"`), and reports mean ± std over the evaluation networks of their
-# test accuracy (MTT's protocol, PAPER.md 2.8). A missing synthetic set is distilled
+# test accuracy (MTT's protocol, book/choices.md §8). A missing synthetic set is distilled
 # first. The study's variants: `labels="hard"` trains on a soft set's argmax labels,
 # `labels="expert"` gives random real images the experts' soft labels, `arch` and
 # `cross_arch` evaluate on another network, `iteration` evaluates an earlier

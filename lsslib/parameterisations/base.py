@@ -6,8 +6,8 @@ A parameterisation is one :class:`SynSet` subclass in its own module of
 matters most"):
 
 * its budget solver (:meth:`SynSet.solve`: how many stored images fit ``ipc`` images per
-  class; PAPER.md 2.2) and its cross-field rules (:meth:`SynSet.check`);
-* its initialisation from real images (:meth:`SynSet.from_real`; PAPER.md 2.3);
+  class; book/choices.md §2) and its cross-field rules (:meth:`SynSet.check`);
+* its initialisation from real images (:meth:`SynSet.from_real`; book/choices.md §3);
 * its tensor names (:meth:`SynSet.tensors` / :meth:`SynSet.from_tensors`) for saving and
   reloading;
 * its storage accounting (:meth:`SynSet.storage`);
@@ -33,7 +33,7 @@ __all__ = ["Budget", "Layout", "Storage", "real_storage", "Labels", "Components"
 
 @dataclass(frozen=True)
 class Budget:
-    """The storage budget and the data shape a layout is solved for (PAPER.md 2.2).
+    """The storage budget and the data shape a layout is solved for (book/choices.md §2).
 
     Attributes:
         ipc: budget in images per class: B = ipc * K * C * H * W floats.
@@ -254,7 +254,7 @@ class SynSet(nn.Module):
 
     @classmethod
     def from_real(cls, lay: Layout, real: Tensor, budget: Budget) -> SynSet:
-        """Initialise from real (or noise) images (PAPER.md 2.3).
+        """Initialise from real (or noise) images (book/choices.md §3).
 
         Args:
             lay: from :meth:`solve`.

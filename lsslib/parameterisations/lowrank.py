@@ -1,4 +1,4 @@
-"""MTT-LSS: per class shared dimension mappers times basis tensors (PAPER.md 2.1-2.3).
+"""MTT-LSS: per class shared dimension mappers times basis tensors (book/choices.md §1-2.3).
 
 Per class ``k`` and subspace ``s`` a shared dimension mapper ``U[k,s]`` (C x H x r) and
 J basis tensors ``V[k,s,j]`` (C x r x W); image channel ``c`` is
@@ -20,7 +20,7 @@ __all__ = ["svd_factors", "LowRankSynSet", "GlobalLowRankSynSet"]
 
 
 def svd_factors(x: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Rank-r factors of J images laid side by side (PAPER.md 2.3).
+    """Rank-r factors of J images laid side by side (book/choices.md §3).
 
     Args:
         x: float ``[..., J, C, H, W]``.
@@ -46,7 +46,7 @@ def svd_factors(x: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
 class LowRankSynSet(SynSet):
     """LSS: mappers U float32 ``[K, S, C, H, r]``, bases V float32 ``[K, S, J, C, r, W]``.
 
-    Budget per class (PAPER.md 2.2): S*C*H*r + J*S*(C*r*W + l) <= ipc*C*H*W.
+    Budget per class (book/choices.md §2): S*C*H*r + J*S*(C*r*W + l) <= ipc*C*H*W.
     """
 
     name = "lowrank"

@@ -13,7 +13,7 @@ from .base import Budget, Layout, SynSet
 class PixelSynSet(SynSet):
     """Pixels: ``pixels`` float32 ``[K * n, C, H, W]`` (Cazenavette et al. 2022, MTT).
 
-    Budget (PAPER.md 2.2): n * (C*H*W + l) <= ipc * C*H*W per class.
+    Budget (book/choices.md §2): n * (C*H*W + l) <= ipc * C*H*W per class.
     """
 
     name = "pixels"

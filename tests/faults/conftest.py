@@ -1,4 +1,4 @@
-"""Fault-injection suite (issue 11): kills at every file operation of a write,
+"""Fault-injection suite: kills at every file operation of a write,
 concurrent writers, a full disk, corrupted files and respelled paths.
 
 Every case appends ``(group, case, outcome)`` to a table through the ``outcome``
@@ -126,7 +126,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _TABLE:
         return
     text = format_table(_TABLE)
-    terminalreporter.section("fault-injection table (issue 11)")
+    terminalreporter.section("fault-injection table")
     for row in text.splitlines():
         terminalreporter.write_line(row)
     target = os.environ.get("LSS_FAULT_TABLE")

@@ -1,5 +1,5 @@
 """Two writers of one folder: the second is refused at once, naming the holder's pid
-and command; the lock dies with its process; a cold cache is filled once (issue 11)."""
+and command; the lock dies with its process; a cold cache is filled once."""
 
 from __future__ import annotations
 

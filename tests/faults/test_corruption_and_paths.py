@@ -1,5 +1,5 @@
 """Corrupted files are refused by name and left untouched; a run's identity does not
-depend on how its paths are spelled or where its results folder lies (issue 11)."""
+depend on how its paths are spelled or where its results folder lies."""
 
 from __future__ import annotations
 

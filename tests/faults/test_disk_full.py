@@ -1,5 +1,5 @@
 """A full disk, simulated through :data:`lsslib.artifacts.free_bytes`: every stage
-refuses before writing, saying how much it needs and how much is free (issue 11)."""
+refuses before writing, saying how much it needs and how much is free."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A SIGKILL right after every file operation of a write: the artifact on disk is
 always the previous complete one or the new complete one, and every killed run
-resumes to the same tensors, bitwise, as an uninterrupted one (issue 11)."""
+resumes to the same tensors, bitwise, as an uninterrupted one."""
 
 from __future__ import annotations
 

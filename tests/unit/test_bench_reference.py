@@ -1,4 +1,4 @@
-"""The benchmarks' plain PyTorch reference computes what lsslib computes (issue #16).
+"""The benchmarks' plain PyTorch reference computes what lsslib computes.
 
 The speed ratios of ``benchmarks/`` are only meaningful if the reference runs
 the same protocol; these tests check it on tiny shapes.

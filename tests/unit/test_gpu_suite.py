@@ -1,4 +1,4 @@
-"""The one-lease GPU suite (``benchmarks/gpu_suite.sh``/``.py``) on CPU at toy sizes.
+"""The 10-minute GPU check (``benchmarks/gpu_suite.sh``/``.py``) on CPU at toy sizes.
 
 One session-scoped run of ``bash benchmarks/gpu_suite.sh --device cpu --tiny``
 (the same code path as on the GPU: the three benchmark processes, data, experts,

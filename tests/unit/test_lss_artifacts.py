@@ -126,7 +126,7 @@ def test_failed_write_leaves_previous_file_intact(tmp_path):
 
 def test_crash_between_tensors_and_json_keeps_the_previous_artifact(tmp_path, monkeypatch):
     """A crash while writing the JSON (after the tensors) leaves the previous artifact,
-    loadable and unchanged (issue 11: tensors and JSON commit as one unit)."""
+    loadable and unchanged (tensors and JSON commit as one unit)."""
     old = {"t": torch.arange(4.0)}
     save_artifact(tmp_path / "a", old, kind="k")
     import lsslib.artifacts as art

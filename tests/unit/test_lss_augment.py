@@ -1,4 +1,4 @@
-"""DSA: differentiable, seeded, every family acts on the images (PAPER.md 2.10)."""
+"""DSA: differentiable, seeded, every family acts on the images (book/choices.md §10)."""
 
 from __future__ import annotations
 

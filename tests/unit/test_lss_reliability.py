@@ -1,4 +1,4 @@
-"""Reliability, second pass (issue 11): each defect of the issue has a test here that
+"""Reliability, second pass: each defect of the issue has a test here that
 fails on the library before the fix. Library modules that did not exist before
 (``lsslib.locking``) are imported inside the tests, so that each test fails for its
 own reason. The exhaustive cases (a kill after every file operation, ...) are in

@@ -1,5 +1,5 @@
 """Resume after SIGKILL: expert buffers and distillation runs end bitwise-equal to
-uninterrupted runs (issue 5). Each run is a subprocess started from a script
+uninterrupted runs. Each run is a subprocess started from a script
 written to tmp_path; the interrupted one is slowed by a sleep in its progress
 callback so that the kill lands mid-run."""
 

@@ -1,4 +1,4 @@
-"""Synthetic sets: storage accounting (PAPER.md 2.2), SVD initialisation (2.3), export."""
+"""Synthetic sets: storage accounting (book/choices.md §2), SVD initialisation (2.3), export."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from lsslib.parameterisations.lowrank import LowRankSynSet, svd_factors
 from lsslib.synset import Labels, build_synset, layout, synset_from_tensors
 
 # The contract rows: one per parameterisation, the shapes of its stored tensors
-# (PAPER.md 2.1; H = W) recomputed here independently of the unit, and whether it
+# (book/choices.md §1; H = W) recomputed here independently of the unit, and whether it
 # has a single subspace whatever ``subspaces`` says. A new parameterisation adds
 # its row; test_every_parameterisation_has_a_contract_row fails until it does.
 ROWS: dict[str, dict] = {
@@ -43,7 +43,7 @@ def test_every_parameterisation_has_a_contract_row():
 
 
 def factor_shapes(kind: str, *, k: int, s: int, j: int, c: int, h: int, r: int) -> list[tuple]:
-    """Shapes of the stored tensors of each parameterisation (PAPER.md 2.1), H = W."""
+    """Shapes of the stored tensors of each parameterisation (book/choices.md §1), H = W."""
     return ROWS[kind]["shapes"](k, s, j, c, h, r)
 
 
@@ -137,7 +137,7 @@ def test_two_sided_48_per_class_at_ipc1_rank4():
 
 @pytest.mark.parametrize(("dataset", "share"), [("cifar10", 0.023), ("cifar100", 0.23)])
 def test_soft_label_share_of_budget_and_strict_mode(dataset, share):
-    """PAPER.md 2.2: soft labels cost 2.3 % (CIFAR-10) / 23 % (CIFAR-100) at IPC 1, r = 4;
+    """book/choices.md §2: soft labels cost 2.3 % (CIFAR-10) / 23 % (CIFAR-100) at IPC 1, r = 4;
     strict mode counts them and therefore stores fewer images."""
     c, h, k = DATASETS[dataset]
     kw = dict(ipc=1, rank=4, subspaces=1, channels=c, side=h, num_classes=k, soft_labels=True)
@@ -359,7 +359,7 @@ def test_real_init_prefers_images_the_expert_classifies_correctly():
 
 
 def _pick_real_classify_all(x, y, expert, spec, k, n, gen):
-    """The rule classified over every image of the class (the code before issue #16)."""
+    """The rule classified over every image of the class (the code before the early stop)."""
     from lsslib.models import convnet_forward
 
     xs = x[y == k]
