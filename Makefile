@@ -68,9 +68,9 @@ data: setup
 	  if command -v apt-get >/dev/null && [[ "$$(id -u)" == 0 ]]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	  else echo "Fashion-MNIST: install Debian's package dataset-fashion-mnist (apt-get, as root)"; fi; fi
-	@$(PY) -c "from lsslib.data import find_data_root, cache_dir; \
-	[print(f'{d:9s}', find_data_root(d) or 'not found: torchvision will download into ./data') \
-	 for d in ('cifar10', 'cifar100', 'svhn')]; print('cache    ', cache_dir())"
+	@$(PY) -c "from lsslib import datasets; from lsslib.data import find_data_root, cache_dir; \
+	[print(f'{d:13s}', find_data_root(d) or 'not found: torchvision will download into ./data') \
+	 for d in datasets.names() if not datasets.get(d).root_required]; print('cache        ', cache_dir())"
 
 # --- experiments -----------------------------------------------------------
 # Jobs a killed run left half-done are redone (--rerun-incomplete); a failing
