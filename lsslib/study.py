@@ -83,6 +83,26 @@ class StudyRecords:
         self.seeds = list(self.profile.get("seeds") or [0])
         self._records: dict[str, EvalRecord] = {}
 
+    @property
+    def primary(self) -> frozenset[str]:
+        """The contrasts declared primary: the study block's ``primary`` (named before
+        the run, in the profile), else :data:`PRIMARY_EFFECTS`.
+
+        Raises:
+            ValueError: a name that is no effect of :data:`EFFECTS`.
+        """
+        names = self.study.get("primary")
+        if names is None:
+            return PRIMARY_EFFECTS
+        known = [e[0] for e in EFFECTS]
+        for n in names:
+            if n not in known:
+                raise ValueError(
+                    f"invalid parameter study.primary entry {n!r}: allowed one of "
+                    + ", ".join(repr(k) for k in known)
+                )
+        return frozenset(names)
+
     def _path(self, name: str) -> Path:
         p = self.profile
         if name in p["runs"]:
@@ -329,7 +349,7 @@ def effects_table(rec: StudyRecords) -> tuple[pd.DataFrame, list[stats.Differenc
             )
         )
     tested = {n: d.p_value for n, _, _, d in found if math.isfinite(d.p_value)}
-    holm = stats.holm(tested, alpha=ALPHA, primary=PRIMARY_EFFECTS & set(tested))
+    holm = stats.holm(tested, alpha=ALPHA, primary=rec.primary & set(tested))
     rows = [_effect_row(n, cells, what, d, holm.get(n)) for n, cells, what, d in found]
     return pd.DataFrame(rows), [d for *_, d in found]
 
@@ -563,7 +583,7 @@ def _contrast_rows(rec: StudyRecords, suffix: str, label: str) -> list[dict[str,
     """The two primary contrasts, each cell taken at its ``suffix`` evaluation."""
     rows = []
     for name, a, b, _ in EFFECTS:
-        if name not in PRIMARY_EFFECTS:
+        if name not in rec.primary:
             continue
         ba, bb = _role_base(rec, a), _role_base(rec, b)
         va = _variant_base(rec, ba, suffix) if ba else None
@@ -573,6 +593,33 @@ def _contrast_rows(rec: StudyRecords, suffix: str, label: str) -> list[dict[str,
             rows.append({"contrast": f"{name}, {label}", "cells": f"{va} − {vb}",
                          "difference (pp, 95 % CI)": _ci_text(d), "seeds": d.n_pairs})  # fmt: skip
     return rows
+
+
+def tuning_table(rec: StudyRecords) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """Each tuned run's grid (the profile's ``tuning`` block): validation and test
+    accuracy of every combination, and the one chosen on validation only
+    (:func:`choose_on_validation`); test accuracy is shown, never used.
+
+    Returns:
+        ``(table, {run: chosen combination})``; empty without ``tuning``.
+    """
+    spec = rec.profile.get("tuning") or {}
+    rows, chosen = [], {}
+    for run, cands in (spec.get("runs") or {}).items():
+        recs = {name: rec.record(name) for _, name in cands}
+        val = {name: r.result.get("val_accuracies") or [math.nan] for name, r in recs.items()}
+        best = choose_on_validation(val)
+        for choice, name in cands:
+            rows.append({
+                "run": run,
+                **{k: f"{v:g}" if isinstance(v, float) else v for k, v in choice.items()},
+                "validation (%)": f"{100 * np.mean(val[name]):.1f}",
+                "test (%), not used": f"{100 * recs[name].mean:.1f}",
+                "chosen on validation": "yes" if name == best else "",
+            })  # fmt: skip
+            if name == best:
+                chosen[run] = choice
+    return pd.DataFrame(rows), chosen
 
 
 def starting_set_table(rec: StudyRecords) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -742,7 +789,8 @@ def study_tables(
 
     Writes ``cells``, ``effects``, ``ddranking``, ``best_iteration``,
     ``best_iteration_seeds`` and ``crossarch`` (``.csv`` + ``.md``), with
-    ``init_controls`` also ``starting_set`` and ``starting_set_contrasts``, with
+    ``init_controls`` also ``starting_set`` and ``starting_set_contrasts``, with ``tuning``
+    also ``tuning``, with
     ``common_lr`` also ``common_lr`` and ``common_lr_contrasts``; ``effects.png``, ``findings.md`` (the effects in
     sentences) and ``study_info.md`` (the run's provenance box).
 
@@ -776,9 +824,11 @@ def study_tables(
         "best_iteration_seeds": best_detail,
         "crossarch": xa,
     }
+    tuning, _chosen = tuning_table(rec)
     init, init_contrasts = starting_set_table(rec)
     common, common_contrasts, _rate = common_lr_table(rec)
     controls = {
+        "tuning": tuning,
         "starting_set": init,
         "starting_set_contrasts": init_contrasts,
         "common_lr": common,

@@ -122,3 +122,29 @@ def test_controls_and_common_rates_are_spelled_out_per_run_and_seed(tmp_path):
 def test_malformed_controls_are_refused_by_name(tmp_path, extra, match):
     with pytest.raises(ValueError, match=match):
         _seeded(tmp_path, **extra)
+
+
+def test_tuning_spells_out_each_combination_of_the_grid_at_the_first_seed(tmp_path):
+    grid = {"lr_lr": [1e-6, 1e-5], "lr_img": [30, 100]}
+    prof = _seeded(tmp_path, tuning={"grid": grid, "runs": ["px_hard"], "val_per_class": 5})
+    cands = prof["tuning"]["runs"]["px_hard"]
+    combos = sorted((c["lr_lr"], c["lr_img"]) for c, _ in cands)
+    assert combos == [(1e-6, 30), (1e-6, 100), (1e-5, 30), (1e-5, 100)]
+    by_name = {n: c for c, n in cands}
+    assert prof["runs"]["px_hard-tune3"]["lr_img"] == by_name["px_hard-tune3"]["lr_img"]
+    assert prof["runs"]["px_hard-tune3"]["parameterisation"] == "pixels"
+    assert "px_hard-tune3-s1" not in prof["runs"] and prof["val_per_class"] == 5
+    with pytest.raises(ValueError, match=r"lr_lr"):
+        _seeded(
+            tmp_path, tuning={"grid": {"lr_lr": [-1.0]}, "runs": ["px_hard"], "val_per_class": 5}
+        )
+    with pytest.raises(ValueError, match=r"tuning.runs entry"):
+        _seeded(tmp_path, tuning={"grid": grid, "runs": ["nope"], "val_per_class": 5})
+
+
+def test_seeded_may_give_each_run_its_own_seeds(tmp_path):
+    prof = _seeded(tmp_path, seeds=[0, 1, 2], seeded={"lss": [0, 1, 2], "px_hard": [0, 1]})
+    assert {"lss", "lss-s1", "lss-s2", "px_hard", "px_hard-s1"} <= set(prof["runs"])
+    assert "px_hard-s2" not in prof["runs"] and "mtt-s1" not in prof["runs"]
+    with pytest.raises(ValueError, match=r"seeded.lss=\[7\]"):
+        _seeded(tmp_path, seeded={"lss": [7]})

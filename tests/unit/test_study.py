@@ -546,3 +546,31 @@ def test_the_choice_reads_only_validation_accuracies():
     assert study_mod.choose_on_validation({"x": [0.3], "y": [0.3]}) == "x"  # ties: first
     with pytest.raises(ValueError, match=r"val_accuracies\['y'\]=\[nan\]"):
         study_mod.choose_on_validation({"x": [0.3], "y": [math.nan]})
+
+
+def test_tuning_is_chosen_on_validation_and_primary_contrasts_come_from_the_profile(tmp_path):
+    """The grid's best on test (lr_img 30) is not its best on validation (lr_img 100)."""
+    prof = yaml.safe_load(profiles.profile_path("smoke_study").read_text())
+    grid = {"lr_img": [30, 100]}
+    prof.update(tuning={"grid": grid, "runs": ["px_hard"], "val_per_class": 5})
+    prof["study"]["primary"] = ["low-rank vs pixels, hard labels"]
+    path = tmp_path / "tuning.yaml"
+    path.write_text(yaml.safe_dump(prof))
+
+    def acc(base, seed, net):
+        return 0.40 if base == "px_hard-tune0" else 0.30
+
+    def val(base, seed, net):
+        return 0.20 if base == "px_hard-tune0" else 0.30
+
+    _fake_records(tmp_path / "res", acc, profile=path, val=val)
+    tables = study_mod.study_tables(tmp_path / "res", path, tmp_path / "out")
+    t = tables["tuning"].set_index("lr_img")
+    assert t.loc[100, "chosen on validation"] == "yes" and t.loc[30, "chosen on validation"] == ""
+    assert t.loc[30, "test (%), not used"] == "40.0"
+    eff = tables["effects"].set_index("effect")
+    assert eff.loc["LSS vs pixel MTT as published", "tested as"] != "primary"
+    prof["study"]["primary"] = ["no such effect"]
+    path.write_text(yaml.safe_dump(prof))
+    with pytest.raises(ValueError, match=r"study.primary entry 'no such effect'"):
+        study_mod.study_tables(tmp_path / "res", path, tmp_path / "out2")
