@@ -10,6 +10,7 @@ distillation ``runs`` (each overriding the ``distill``/``eval`` blocks), the
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ _PROFILE_KEYS = {
     "eval_seeds",
     "init_controls",
     "common_lr",
+    "tuning",
 }
 
 
@@ -437,6 +439,8 @@ def expand_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
     runs, baselines, seed_of = _expand_seeds(prof, seeds)
     prof["runs"], prof["baselines"] = runs, baselines
     every, val = _best_iteration(prof)
+    tuning, val = _tuning_runs(prof, seeds[0], seed_of, val)
+    prof["tuning"] = tuning
     raw_evals = {**dict(prof.get("evals") or {}), **_crossarch_evals(prof.get("crossarch"))}
     evals = _seeded_evals(prof, raw_evals, seeds, seed_of, val)
     snapshot_every, snapshots = _snapshot_evals(prof, seed_of, every, val)
@@ -457,13 +461,7 @@ def _expand_seeds(
     first = seeds[0]
     base_runs = dict(prof.get("runs") or {})
     base_baselines = dict(prof.get("baselines") or {})
-    seeded = prof.get("seeded")
-    if seeded is None:
-        seeded = [*base_runs, *base_baselines]
-    elif not isinstance(seeded, list):
-        _fail("seeded", seeded, "a list of runs and baselines of the profile")
-    for n in seeded:
-        check_choice("seeded entry", n, (*base_runs, *base_baselines))
+    seeded = _seeded(prof, seeds, [*base_runs, *base_baselines])
     mode = prof.get("eval_seeds", "per_seed")
     check_choice("eval_seeds", mode, ("per_seed", "shared"))
     num_eval = max(
@@ -476,7 +474,7 @@ def _expand_seeds(
     seed_of: dict[str, tuple[str, int]] = {}
     for k, seed in enumerate(seeds):
         for r, spec in base_runs.items():
-            if seed != first and r not in seeded:
+            if seed != first and seed not in seeded.get(r, ()):
                 continue
             name = seed_name(r, seed, first)
             extra = {"distill_seed": seed} if "seeds" in prof else {}
@@ -487,7 +485,7 @@ def _expand_seeds(
             seed_of[name] = (r, seed)
         for b, spec in base_baselines.items():
             spec = dict(spec or {})
-            if spec.get("kind") == "random_real" and (seed == first or b in seeded):
+            if spec.get("kind") == "random_real" and (seed == first or seed in seeded.get(b, ())):
                 name = seed_name(b, seed, first)
                 extra = {"real_seed": seed} if "seeds" in prof else {}
                 if mode == "per_seed" and k:
@@ -499,6 +497,25 @@ def _expand_seeds(
                 baselines[b] = spec
                 seed_of[b] = (b, seed)
     return runs, baselines, seed_of
+
+
+def _seeded(prof: Mapping[str, Any], seeds: list[int], names: list[str]) -> dict[str, list[int]]:
+    """``seeded`` as ``{name: its seeds}``: absent, every run and baseline at every seed;
+    a list, those names at every seed (the others at the first only); a mapping, each
+    name at the seeds it lists (e.g. 5 seeds for the primary contrasts' cells, 3 for
+    the rest)."""
+    seeded = prof.get("seeded")
+    if seeded is None:
+        return {n: list(seeds) for n in names}
+    if isinstance(seeded, list):
+        seeded = {n: list(seeds) for n in seeded}
+    if not isinstance(seeded, Mapping):
+        _fail("seeded", seeded, "a list of runs and baselines, or a mapping {name: [seeds]}")
+    for n, its in seeded.items():
+        check_choice("seeded entry", n, tuple(names))
+        if not isinstance(its, list) or not set(its) <= set(seeds):
+            _fail(f"seeded.{n}", its, f"a list of the profile's seeds {seeds}")
+    return {n: list(v) for n, v in seeded.items()}
 
 
 def _best_iteration(prof: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -602,6 +619,48 @@ def _snapshot_evals(
             base, seed = seed_of[r]
             seed_of[ename] = (f"{base}-it{k}", seed)
     return snapshot_every, evals
+
+
+def _tuning_runs(
+    prof: dict[str, Any], first: int, seed_of: dict[str, tuple[str, int]], val: int | None
+) -> tuple[dict[str, Any] | None, int | None]:
+    """``tuning: {grid: {param: [values]}, runs: [names], val_per_class: V}`` spelled out:
+    each listed run once per combination of the grid (``R-tuneK``, first seed only),
+    evaluated also on ``V`` validation images per class, so that
+    :func:`lsslib.study.tuning_table` chooses each run's values on validation only.
+
+    Returns:
+        ``({"grid", "runs": {run: [(combination, name), ...]}}, val_per_class)``, or
+        ``(None, val)`` without a ``tuning`` block.
+    """
+    spec = prof.get("tuning")
+    if spec is None:
+        return None, val
+    if not isinstance(spec, Mapping) or set(spec) - {"grid", "runs", "val_per_class"}:
+        _fail("tuning", spec, "a mapping {grid: {param: [values]}, runs: [...], val_per_class: V}")
+    grid, which = spec.get("grid"), spec.get("runs")
+    if (
+        not isinstance(grid, Mapping)
+        or not grid
+        or any(not isinstance(v, list) or not v for v in grid.values())
+    ):
+        _fail("tuning.grid", grid, "a mapping {distill or eval parameter: [values, ...]}")
+    if not isinstance(which, list) or not which:
+        _fail("tuning.runs", which, "a non-empty list of the profile's runs")
+    v = spec.get("val_per_class", val)
+    check_range("tuning.val_per_class", v, lo=1, integer=True)
+    out: dict[str, list] = {}
+    for r in which:
+        check_choice("tuning.runs entry", r, tuple(prof["runs"]))
+        out[r] = []
+        for k, combo in enumerate(itertools.product(*grid.values())):
+            choice = dict(zip(grid, combo, strict=True))
+            name = f"{r}-tune{k}"
+            prof["runs"][name] = {**(prof["runs"][r] or {}), **choice}
+            DistillConfig.from_params(stage_parameters(prof, "distill", name))  # named errors
+            seed_of[name] = (name, first)
+            out[r].append((choice, name))
+    return {"grid": dict(grid), "runs": out}, v
 
 
 def common_lr_name(run: str, lr: float) -> str:
