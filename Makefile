@@ -5,7 +5,8 @@
 #   make pipeline PROFILE=cpu   run the Snakemake workflow for one profile
 #   make book PROFILE=cpu       setup + pipeline + strict book build (_build/html)
 #   make study                  the study profile (seeds, factorial; 72 min on 2 cores)
-#                               and its records (records/study/)
+#                               and its records (records/study/); STUDY=tuning, evidence,
+#                               evidence_fmnist, evidence_ipc10 for the evidence profiles
 #   make unlock PROFILE=cpu     release Snakemake's lock after a crash or kill
 #   make test                   everything CI checks (lint, unit tests, fault-injection
 #                               suite, notebook pairing, dry runs, smoke pipeline,
@@ -100,6 +101,8 @@ book: data pipeline
 # parameterisation x labels factorial, label-robust, best-iteration and cross-
 # architecture evaluations; 72 min on 2 cores on 2026-12-01). Its book inputs go to
 # results/study/book (not book/_generated); its records of record to records/study.
+# The evidence profiles run the same way (make study STUDY=tuning first, then
+# STUDY=evidence, evidence_fmnist, evidence_ipc10; their headers give the estimated time).
 STUDY ?= study
 study: study-run
 	$(PY) workflow/scripts/keep_records.py results/$(STUDY) records/$(STUDY)
@@ -117,6 +120,7 @@ test: setup data test-start lint unit faults notebooks-paired dry-runs
 	$(MAKE) pipeline PROFILE=smoke DEVICE=cpu
 	$(MAKE) colab-test REQUIRE_PIPELINE=1
 	$(MAKE) study-run STUDY=smoke_study DEVICE=cpu
+	$(MAKE) study-run STUDY=smoke_evidence DEVICE=cpu
 	$(MAKE) cache-tests
 	bash book/build.sh
 	$(MAKE) book-tests
