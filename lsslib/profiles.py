@@ -45,6 +45,9 @@ __all__ = [
     "EVAL_OPTIONS",
     "EVAL_SEED_STRIDE",
     "common_lr_name",
+    "LAUNCH_KEYS",
+    "check_world_size",
+    "world_size",
 ]
 
 #: Folder of the bundled profiles.
@@ -185,6 +188,7 @@ def load_profile(profile: str | Path) -> dict[str, Any]:
             DistillConfig.from_params(flat).check_against(
                 channels=shape[0], side=shape[1], num_classes=shape[2], buffer_epochs=buffer_epochs
             )
+        world_size(prof, run)  # a launch option, checked against the run's batch
         stage_parameters(prof, "evaluate", run)
     stage_parameters(prof, "buffers")
     for name in prof.get("baselines") or {}:
@@ -284,17 +288,17 @@ def stage_parameters(
             flat[k] = v
     own = {"buffers": "buffers", "distill": "distill", "evaluate": "eval"}[stage]
     for k, v in (profile.get(own) or {}).items():
-        if k not in _block_names(own):
+        if k not in _block_names(own) and not (own == "distill" and k in LAUNCH_KEYS):
             _fail(f"{own}.{k}", v, "a parameter of " + ", ".join(sorted(_block_names(own))))
         flat[k] = v
     if stage != "buffers":
         runs = profile.get("runs") or {}
         if run is None or run not in runs:
             _fail("run", run, "one of " + ", ".join(runs))
-        allowed = _block_names("distill") | _block_names("eval")
+        allowed = _block_names("distill") | _block_names("eval") | set(LAUNCH_KEYS)
         for k, v in (runs[run] or {}).items():
             if k not in allowed:
-                _fail(f"runs.{run}.{k}", v, "a distill or eval parameter")
+                _fail(f"runs.{run}.{k}", v, "a distill or eval parameter, or world_size")
             if k in _block_names(own):
                 flat[k] = v
     names = {n for cls in STAGE_CONFIGS[stage] for n in cls.names()}
@@ -302,6 +306,88 @@ def stage_parameters(
     for cls in STAGE_CONFIGS[stage]:
         cls.from_params(flat)
     return flat
+
+
+#: Keys of the ``distill`` block and of a run that are launch options, not
+#: :class:`~lsslib.config.DistillConfig` fields: they change how a run is executed,
+#: never its numbers or its identity (so existing checkpoints still resume), like the
+#: ``snapshot_every`` of ``best_iteration``. ``world_size``: processes (devices) that
+#: share one distillation, ``grad_mode: sharded`` (:mod:`lsslib.sharded`,
+#: :mod:`lsslib.launch`).
+LAUNCH_KEYS = ("world_size",)
+
+
+def check_world_size(
+    cfg: DistillConfig,
+    value: Any,
+    *,
+    name: str = "world_size",
+    set_size: int | None = None,
+) -> int:
+    """Check how many processes one distillation of ``cfg`` may use, before any work.
+
+    Args:
+        cfg: the run's distillation parameters.
+        value: the number of processes asked for (``None``: 1).
+        name: the parameter as the caller spells it (``runs.RUN.world_size``).
+        set_size: synthetic images n, the batch when ``cfg.batch_syn`` is ``None``
+            (``None``: not known before the data is read; that bound is then checked
+            by every rank, :meth:`lsslib.config.DistillConfig.check_sharding`).
+
+    Returns:
+        The world size, an int >= 1.
+
+    Raises:
+        ValueError: naming ``name``, the value and what is allowed: not an int >= 1;
+            more than 1 without ``grad_mode: sharded``; more than ``batch_syn`` (or the
+            set size): each process needs at least one image per inner step.
+    """
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(name, value, "an int >= 1 (processes sharing one distillation), or None (1)")
+    if value > 1 and cfg.grad_mode != "sharded":
+        _fail(
+            name,
+            value,
+            f"1 with grad_mode={cfg.grad_mode!r}; more than 1 only with grad_mode: sharded "
+            "(the exact gradient split over the processes, lsslib.sharded)",
+        )
+    batch = cfg.batch_syn if cfg.batch_syn is not None else set_size
+    if value > 1 and batch is not None and value > batch:
+        what = f"batch_syn={batch}" if cfg.batch_syn is not None else f"the set size {batch}"
+        _fail(
+            name,
+            value,
+            f"at most {what} (each process needs at least one synthetic image per inner step)",
+        )
+    return value
+
+
+def world_size(profile: Mapping[str, Any], run: str) -> int:
+    """The processes one distillation of ``run`` uses: the run's ``world_size``, else the
+    ``distill`` block's, else 1 (:data:`LAUNCH_KEYS`), checked against the run's
+    parameters (:func:`check_world_size`; the set size bounds it when ``batch_syn`` is
+    ``None`` and the dataset's shape is known).
+
+    Raises:
+        ValueError: unknown run; an invalid ``world_size``, named as the profile spells
+            it (``runs.RUN.world_size`` or ``distill.world_size``).
+    """
+    runs = profile.get("runs") or {}
+    if run not in runs:
+        _fail("run", run, "one of " + ", ".join(runs))
+    spec, block = runs[run] or {}, profile.get("distill") or {}
+    name = f"runs.{run}.world_size" if "world_size" in spec else "distill.world_size"
+    value = spec.get("world_size", block.get("world_size"))
+    flat = stage_parameters(profile, "distill", run)
+    cfg = DistillConfig.from_params(flat)
+    set_size = None
+    shape = DataConfig.from_params(flat).shape()
+    if value not in (None, 1) and cfg.batch_syn is None and shape is not None:
+        lay = cfg.check_against(channels=shape[0], side=shape[1], num_classes=shape[2])
+        set_size = lay.images_per_class * shape[2]
+    return check_world_size(cfg, value, name=name, set_size=set_size)
 
 
 #: Keys of an ``evals`` entry besides ``of`` and stage parameters: the evaluation

@@ -34,8 +34,11 @@ of ``B`` (:func:`memory_model`; ``python -m lsslib.sharded`` prints it for a run
 
 Launching: under ``torchrun`` every rank builds the same :class:`lsslib.distill.Distiller`
 with ``grad_mode='sharded'`` (:func:`launch` makes the process group from the ``env://``
-rendezvous; rank 0 writes the run's files, every rank resumes from its checkpoint).
-The book page ``book/scaling.md`` gives the commands for one node and for SLURM.
+rendezvous; rank 0 writes the run's files, every rank resumes from its checkpoint). The
+distill stage does it itself for a run with the profile key ``world_size: N``
+(:func:`lsslib.profiles.world_size`): it starts ``torchrun --standalone --nproc-per-node
+N -m lsslib.launch`` (:mod:`lsslib.launch`). The book page ``book/scaling.md`` gives the
+commands for one node and for SLURM.
 
 Source: the inner loop of MTT's ``distill.py`` (Cazenavette et al., CVPR 2022) and its
 checkpointed adjoint (:func:`lsslib.matching.checkpointed_loss`); the split of a batch

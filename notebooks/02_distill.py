@@ -96,10 +96,11 @@ buffer_dir: Optional[str] = None  # None: results/<profile>/buffers
 out_dir: Optional[str] = None  # None: the run folder of lsslib.results
 make_missing: Optional[bool] = None  # train a missing buffer_dir here (None: only the default one)
 snapshot_every: Optional[int] = None  # also save the set every N iterations (best iteration)
+world_size: Optional[int] = None  # processes for grad_mode sharded (None: the profile's, else 1)
 device: str = "cpu"
 
 # %%
-from lsslib import report, stages
+from lsslib import profiles, report, stages
 from lsslib.results import Results
 
 device = report.colab_device(device)  # in Colab: its GPU when one is attached
@@ -107,6 +108,8 @@ params = stages.stage_parameters("distill", globals(), profile, run)  # fails fa
 res = Results.of(profile or "cpu")
 buffer_dir = buffer_dir or str(res.buffers)  # a missing buffer is trained only there
 out_dir = out_dir or str(res.run(stages.main_run(profile, run)).folder)
+if world_size is None and profile is not None:  # > 1: the stage starts torchrun itself
+    world_size = profiles.world_size(profiles.load_profile(profile), stages.main_run(profile, run))
 dev = report.pick_device(device, tf32=False)  # the unrolled loop stays in fp32 (PAPER.md 2.6)
 print(report.describe_device(dev))
 out = stages.distill(
@@ -117,6 +120,7 @@ out = stages.distill(
     profile=profile,
     snapshot_every=snapshot_every,
     make_missing=make_missing,
+    world_size=world_size,
 )
 
 # %% [markdown]
