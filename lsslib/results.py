@@ -324,6 +324,8 @@ STAGE_ENTRIES = {
     "evaluate": {"metrics.json": "file"},
     "summary": {"tables": "folder", "figures": "folder", "notebooks": "folder"},
     "study": {"effects.csv": "file", "findings.md": "file"},
+    "ablation": {"table.csv": "file", "runs": "folder"},
+    "results": {"runs": "folder", "buffers": "folder", "baselines": "folder"},
 }
 _OWN_KIND = {
     "buffers": "an expert buffer",

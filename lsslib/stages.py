@@ -529,6 +529,7 @@ def _check_against_buffer(
         return
     buffer = experts.ExpertBuffer(buffer_dir)
     buffer.check_model(model_cfg)
+    _check_subset(buffer, data_cfg)
     shape = data_cfg.shape()
     if shape is None:
         return
@@ -536,6 +537,29 @@ def _check_against_buffer(
     spec = ConvNetSpec.from_config(model_cfg, channels=c, side=side, num_classes=k)
     cfg.check_against(channels=c, side=side, num_classes=k, buffer_epochs=buffer.epochs)
     buffer.check_compatible(data_cfg, spec)
+
+
+#: The training-subset parameters a distillation must share with its buffer: the real
+#: images it starts from and holds out for validation are drawn from that subset.
+SUBSET_KEYS = ("train_per_class", "subset_seed")
+
+
+def _check_subset(buffer: experts.ExpertBuffer, data_cfg: DataConfig) -> None:
+    """Refuse a training subset other than the one the buffer's experts trained on
+    (the buffer's value is not taken silently: it would change which real images the
+    set starts from).
+
+    Raises:
+        ValueError: naming the parameter, the value asked for and the buffer's.
+    """
+    have = (buffer.meta.get("config") or {}).get("data") or {}
+    for key in SUBSET_KEYS:
+        if key in have and have[key] != getattr(data_cfg, key):
+            raise ValueError(
+                f"invalid parameter {key}={getattr(data_cfg, key)!r}: the buffer in "
+                f"{buffer.folder} was trained with {key}={have[key]!r}; allowed {have[key]!r}, "
+                "or a buffer trained on this subset"
+            )
 
 
 def draw_set(loaded: LoadedSynSet, paths: RunPaths) -> None:
@@ -970,6 +994,8 @@ def sweep(
             f"invalid parameter {kind}s={values!r}: allowed a non-empty list, passed with "
             f"papermill's -y, e.g. -y '{kind}s: [{'2, 4, 8' if kind == 'rank' else 'fixed, linear'}]'"
         )
+    check_path_kinds("results_dir", results_dir, "results")
+    check_path_kinds("out_dir", out_dir, "ablation")
     results, out = Results(results_dir), AblationPaths(Path(out_dir))
 
     plans = []
