@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -177,6 +179,7 @@ def torchrun(
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
     try:
         for line in proc.stdout:
@@ -199,6 +202,13 @@ def torchrun(
             f"torchrun of {world_size} distillation ranks into {out_dir} exited with "
             f"status {code}{first}; the ranks' last lines:\n" + "\n".join(tail)
         )
+
+
+def _die_with_parent() -> None:
+    """In the launcher's child, before ``exec``: SIGTERM when the stage's process dies,
+    however it dies (Linux ``prctl(PR_SET_PDEATHSIG)``), so that no rank outlives it;
+    torchrun passes the SIGTERM on to its ranks."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def rank_device(device: str) -> torch.device:

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import archs, data, evaluate, experts, parameters, plots, profiles, report, summary
+from . import archs, data, evaluate, experts, launch, parameters, plots, profiles, report, summary
 from .artifacts import atomic_write_text
 from .config import (
     STAGE_CONFIGS,
@@ -411,9 +411,10 @@ def ensure_buffer(
 
 @dataclass
 class DistillOutput:
-    """What the distillation stage leaves: the run, the saved set and its folder."""
+    """What the distillation stage leaves: the run (``None`` when its ranks ran under
+    ``torchrun``, :mod:`lsslib.launch`), the saved set and its folder."""
 
-    run: Distiller
+    run: Distiller | None
     loaded: LoadedSynSet
     paths: RunPaths
 
@@ -428,6 +429,7 @@ def distill(
     real: data.RealData | None = None,
     snapshot_every: int | None = None,
     make_missing: bool | None = None,
+    world_size: int | None = None,
 ) -> DistillOutput:
     """Stage 2: one distillation run (resumed if a checkpoint exists) and its figures.
 
@@ -438,12 +440,17 @@ def distill(
     set after every that many iterations (``snapshots/``, for the best iteration).
 
     A missing buffer is trained here only at the profile's default location or with
-    ``make_missing=True`` (:func:`require_input`).
+    ``make_missing=True`` (:func:`require_input`). With ``world_size`` N > 1
+    (``grad_mode='sharded'``) and no process group, the run is N processes started
+    through ``torchrun`` (:func:`lsslib.launch.torchrun`; rank 0 writes), and the
+    figures are drawn here once they have finished; ``run`` is then ``None``.
 
     Raises:
         ValueError: an invalid parameter, ``snapshot_every`` < 1; an ``out_dir`` that is
             a file, the buffer folder, or inside another artifact; a ``buffer_dir`` that
-            holds no buffer and may not be made.
+            holds no buffer and may not be made; an invalid ``world_size``
+            (:func:`_distill_ranks`).
+        RuntimeError: a rank of a ``torchrun`` launch failed.
     """
     if snapshot_every is not None:
         check_range("snapshot_every", snapshot_every, lo=1, integer=True)
@@ -451,9 +458,14 @@ def distill(
     shape = data_cfg.shape()
     if real is None and shape is not None:  # fail fast, before loading the data
         cfg.check_against(channels=shape[0], side=shape[1], num_classes=shape[2])
+    ranks = _distill_ranks(cfg, world_size, device, real, shape)
     _check_distill_paths(buffer_dir, out_dir, profile, make_missing)
     if real is None:  # the Distiller checks them against data given in-process
         _check_against_buffer(buffer_dir, data_cfg, model_cfg, cfg)
+    if ranks > 1:
+        return _distill_torchrun(
+            params, buffer_dir, out_dir, device, ranks, profile, snapshot_every
+        )
     real = real if real is not None else data.load_data(data_cfg, device)
     # the layout of this run, solved once from the data it distils and carried along
     lay = cfg.check_against(channels=real.channels, side=real.side, num_classes=real.num_classes)
@@ -496,6 +508,83 @@ def distill(
     loaded = load_synset(paths.synset, device)
     draw_set(loaded, paths)
     return DistillOutput(run, loaded, paths)
+
+
+def _distill_ranks(
+    cfg: DistillConfig,
+    world_size: int | None,
+    device: torch.device,
+    real: data.RealData | None,
+    shape: tuple[int, int, int] | None,
+) -> int:
+    """The processes the stage starts for a run (1: it runs in this one), checked before
+    any work.
+
+    Raises:
+        ValueError: ``world_size`` not an int >= 1, > 1 without ``grad_mode='sharded'``,
+            more than ``batch_syn`` (or the set size, when the data shape is known)
+            (:func:`lsslib.profiles.check_world_size`), more than the visible GPUs, or
+            unlike the size of this process's own group; a ``device`` other than cpu or
+            cuda; ``real`` given with ``world_size`` > 1 (every rank loads the data).
+    """
+    set_size = None
+    if world_size not in (None, 1) and cfg.batch_syn is None and shape is not None:
+        lay = cfg.check_against(channels=shape[0], side=shape[1], num_classes=shape[2])
+        set_size = lay.images_per_class * shape[2]
+    ranks = profiles.check_world_size(cfg, world_size, set_size=set_size)
+    group = launch.in_process_group()
+    if group is not None:  # this process is a rank already: the run is here
+        if world_size is not None and ranks != group:
+            raise ValueError(
+                f"invalid parameter world_size={world_size}: allowed {group}, the size of "
+                "this process's torch.distributed group, or None"
+            )
+        return 1
+    if ranks == 1 and cfg.grad_mode == "sharded":
+        raise ValueError(
+            f"invalid parameter world_size={world_size}: allowed an int >= 2 with "
+            "grad_mode='sharded' outside torchrun (the stage then starts the ranks), or "
+            "grad_mode='checkpointed' for the same exact gradient in one process"
+        )
+    launch.check_devices(ranks, device)
+    if ranks > 1 and real is not None:
+        raise ValueError(
+            f"invalid parameter real=<{len(real.x_train)} images>: allowed None with "
+            f"world_size={ranks} (every rank loads the data from the data parameters)"
+        )
+    return ranks
+
+
+def _distill_torchrun(
+    params: Mapping[str, Any],
+    buffer_dir: str | Path,
+    out_dir: str | Path,
+    device: torch.device,
+    ranks: int,
+    profile: str | None,
+    snapshot_every: int | None,
+) -> DistillOutput:
+    """:func:`distill` over ``ranks`` processes: a missing buffer trained here first, the
+    ranks run by :func:`lsslib.launch.torchrun`, then what rank 0 wrote read back and
+    drawn as after a single-process run."""
+    data_cfg, model_cfg = DataConfig.from_params(params), ModelConfig.from_params(params)
+    if not (Path(buffer_dir) / "buffer.json").is_file():
+        real = data.load_data(data_cfg, device)
+        ensure_buffer(buffer_dir, data_cfg, model_cfg, profile, device, real)
+        del real
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()  # rank 0 shares this process's GPU
+    print(f"distillation over {ranks} processes (torchrun, grad_mode='sharded', rank 0 writes)")
+    t0 = time.perf_counter()
+    launch.torchrun(params, buffer_dir, out_dir, device, ranks, snapshot_every=snapshot_every)
+    paths = RunPaths(Path(out_dir))
+    loaded = load_synset(paths.synset, device)
+    print(f"{time.perf_counter() - t0:.1f} s over {ranks} processes, syn_lr {loaded.syn_lr:.4g}")
+    report.save_figure(
+        plots.distill_curves({loaded.synset.kind: read_log(paths)}), paths.figure("curves")
+    )
+    draw_set(loaded, paths)
+    return DistillOutput(None, loaded, paths)
 
 
 def _check_distill_paths(

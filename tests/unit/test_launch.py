@@ -25,6 +25,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,61 @@ def test_a_failing_rank_fails_the_stage_with_its_message(world):
             world_size=2,
         )
     assert not (root / "bad").exists()
+
+
+STAGE_SCRIPT = """
+import sys
+import torch
+from lsslib import stages
+
+params = stages.stage_parameters("distill", {params!r}, profile=None)
+stages.distill(params, {buffers!r}, sys.argv[1], torch.device("cpu"), profile=None, world_size=2)
+"""
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of the processes whose command line contains ``text`` (Linux ``/proc``)."""
+    pids = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmd.read_bytes().decode(errors="replace"):
+                pids.append(int(cmd.parent.name))
+        except OSError:  # gone meanwhile
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_the_stage_stops_its_ranks(world, tmp_path):
+    """SIGKILL of the stage's process (no ``finally`` runs) still stops torchrun and both
+    ranks, and leaves a checkpoint that loads."""
+    root, base = world
+    script = tmp_path / "stage.py"
+    cfg = {**base, **DISTILL, "grad_mode": "sharded", "iterations": 10**6}
+    script.write_text(STAGE_SCRIPT.format(params=cfg, buffers=str(root / "buffers")))
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=HERE.parents[1],
+    )
+    try:
+        for line in proc.stdout:  # rank 0 is iterating once it has said so
+            if "ranks on cpu" in line:
+                break
+        others = set(_processes_naming(str(run))) - {proc.pid}
+        assert len(others) == 3  # torchrun and its 2 ranks
+    finally:
+        proc.kill()
+        proc.communicate()
+    deadline = time.monotonic() + 60
+    while _processes_naming(str(run)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_naming(str(run)) == []
+    t, meta = load_artifact(run / "checkpoint", kind="distill_checkpoint")
+    assert meta["iteration"] >= 0 and "syn_lr" in t
 
 
 @pytest.fixture
