@@ -8,6 +8,7 @@ touch the repository's ``results/`` or ``book/_generated/``.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -115,13 +116,18 @@ def test_dry_run_plans_every_stage(name, stubs, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     counts = job_counts(proc.stdout)
     # seeded copies of runs and random-real baselines are ordinary jobs
-    seeds = len(profile.get("seeds") or [0])
+    seeds = profile.get("seeds") or [0]
     seeded = profile.get("seeded") or [*profile["runs"], *(profile.get("baselines") or {})]
-    n_runs = sum(seeds if r in seeded else 1 for r in profile["runs"])
+    if not isinstance(seeded, dict):  # a list: those names at every seed
+        seeded = {n: seeds for n in seeded}
+    n_runs = sum(len(seeded.get(r, [seeds[0]])) for r in profile["runs"])
     n_base = sum(
-        seeds if b in seeded and spec.get("kind") == "random_real" else 1
+        len(seeded.get(b, [seeds[0]])) if spec.get("kind") == "random_real" else 1
         for b, spec in (profile.get("baselines") or {}).items()
     )
+    tuning = profile.get("tuning") or {}
+    combos = math.prod(len(v) for v in (tuning.get("grid") or {}).values())
+    n_runs += combos * len(tuning.get("runs") or [])  # one run per grid point, first seed
     expected = {"buffers": 1, "distill": n_runs, "evaluate": n_runs, "summary": 1, "all": 1}
     expected["speed_tables"] = 1  # the benchmark records, tabulated for the book
     if n_base:
