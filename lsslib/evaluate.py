@@ -10,6 +10,17 @@ them one after another.
 
 The same routine scores the baselines at equal storage: a class-balanced random
 real subset (:func:`random_real_subset`) and the full training set.
+
+Spread over ranks (``evaluate_images(..., world=...)`` or under an initialised
+``torch.distributed`` process group): rank ``r`` of ``R`` trains the networks ``i`` with
+``i % R == r`` and the ranks all-gather each network's final, validation and curve
+accuracies, so every rank returns the single process's :class:`EvalResult` (apart from
+``seconds``). A network's training does not depend on which networks are trained beside
+it on the CPU's loop over the nets (the default there; the tests check it bitwise), so
+the spread result is bitwise the single process's; vectorised training
+(``vectorise=True``, the default on CUDA) runs grouped convolutions over the nets trained
+together, whose float reassociation depends on how many there are, so there it agrees
+to float tolerance only.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from .config import DataConfig, EvalConfig, ModelConfig
 from .data import RealData, class_balanced_indices
 from .locking import FolderLock, hold_folder
 from .models import ConvNetSpec, flops_per_image, init_flat
+from .sharded import all_gather_objects, spread_ids, spread_world
 from .training import TrainState, accuracy, train_nets
 
 __all__ = [
@@ -148,6 +160,7 @@ def evaluate_images(
     vectorise: bool | None = None,
     progress: Callable[[int, int], None] | bool | None = True,
     val: tuple[Tensor, Tensor] | None = None,
+    world: tuple[int, int] | None = None,
 ) -> EvalResult:
     """Train ``cfg.num_eval`` fresh networks on ``(x, y)`` and test them.
 
@@ -171,31 +184,34 @@ def evaluate_images(
             Start and end are also logged (``lsslib.evaluate``, INFO).
         val: ``(x [V, C, H, W], y int64 [V])``, a validation split the trained networks
             are also tested on (:attr:`EvalResult.val_accuracies`).
+        world: ``(rank, world_size)`` to spread the networks over (module docstring;
+            every rank calls with the same arguments); ``None`` (default): the default
+            process group's, ``(0, 1)`` without one (all networks here, as before).
+            Only rank 0 shows the ``tqdm`` bar.
 
     Returns:
-        An :class:`EvalResult`.
+        An :class:`EvalResult` (the same on every rank).
 
     Raises:
-        ValueError: ``curve_points`` or ``curve_test`` negative.
+        ValueError: ``curve_points`` or ``curve_test`` negative; ``world`` invalid or
+            ``world_size`` above ``num_eval`` (all before any training).
     """
     if curve_points < 0:
         raise ValueError(f"invalid parameter curve_points={curve_points}: allowed an int >= 0")
     if curve_test < 0:
         raise ValueError(f"invalid parameter curve_test={curve_test}: allowed an int >= 0")
+    rank, ws = spread_world(world, cfg.num_eval, f"num_eval={cfg.num_eval}")
     t0 = time.perf_counter()
     dev = x.device
-    gens = [torch.Generator().manual_seed(cfg.eval_seed + i) for i in range(cfg.num_eval)]
+    ids = spread_ids(cfg.num_eval, rank, ws)
+    gens = [torch.Generator().manual_seed(cfg.eval_seed + i) for i in ids]
     flats = torch.stack([init_flat(spec, g) for g in gens]).to(dev)
     state = TrainState(flats, torch.zeros_like(flats), gens, 0)
     n_curve = curve_test_images(
         spec, len(x), cfg.eval_epochs, len(data.y_test), curve_points, limit=curve_test
     )
-    marks = set()
-    if n_curve > 0:
-        marks = {
-            max(1, round(cfg.eval_epochs * (i + 1) / curve_points)) for i in range(curve_points)
-        }
-    curve_e, curve_m = [], []
+    marks = _curve_marks(cfg.eval_epochs, curve_points) if n_curve > 0 else set()
+    curve_e, curve_acc = [], []
     xt, yt = data.test_subset(n_curve)
     _log.info(
         "evaluate_images: %d nets x %d epochs on %d images; curve %d points x %d test images",
@@ -206,7 +222,7 @@ def evaluate_images(
         n_curve,
     )
     bar = None
-    if progress is True:
+    if progress is True and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.eval_epochs, desc="evaluate", unit="epoch", leave=False)
@@ -214,9 +230,10 @@ def evaluate_images(
     def on_epoch(st: TrainState, _acc: Tensor) -> None:
         if st.epoch in marks and st.epoch != cfg.eval_epochs:
             curve_e.append(st.epoch)
-            curve_m.append(float(accuracy(spec, st.flats, xt, yt).mean()))
-            if bar is not None:
-                bar.set_postfix_str(f"test acc {100 * curve_m[-1]:.1f} %", refresh=False)
+            curve_acc.append(accuracy(spec, st.flats, xt, yt))
+            if bar is not None:  # this rank's networks
+                mean = float(curve_acc[-1].mean())
+                bar.set_postfix_str(f"test acc {100 * mean:.1f} %", refresh=False)
         if bar is not None:
             bar.update(1)
         elif callable(progress):
@@ -241,10 +258,8 @@ def evaluate_images(
     finally:
         if bar is not None:
             bar.close()
-    accs = accuracy(spec, state.flats, data.x_test, data.y_test)
-    val_accs = accuracy(spec, state.flats, *val).tolist() if val is not None else None
+    accs, val_accs, curve_m = _final_tests(spec, state.flats, data, val, curve_acc, ids, cfg, ws)
     curve_e.append(cfg.eval_epochs)
-    curve_m.append(float(accs.mean()))
     seconds = time.perf_counter() - t0
     _log.info("evaluate_images: mean accuracy %.4f in %.1f s", float(accs.mean()), seconds)
     return EvalResult(
@@ -259,6 +274,36 @@ def evaluate_images(
         seconds=seconds,
         val_accuracies=val_accs,
     )
+
+
+def _curve_marks(epochs: int, points: int) -> set[int]:
+    """The epochs after which the curve is measured (the last: ``epochs``)."""
+    return {max(1, round(epochs * (i + 1) / points)) for i in range(points)}
+
+
+def _final_tests(spec, flats, data, val, curve_acc, ids, cfg, ws: int):
+    """Every network's test accuracies (float32 ``[num_eval]``), validation accuracies
+    (a list, or None) and the curve's means (the last point: the final test)."""
+    accs = accuracy(spec, flats, data.x_test, data.y_test)
+    val_t = [accuracy(spec, flats, *val)] if val is not None else []
+    accs, *rest = _all_networks(cfg.num_eval, ids, [accs, *val_t, *curve_acc], ws)
+    val_accs = rest.pop(0).tolist() if val is not None else None
+    return accs, val_accs, [float(t.mean()) for t in rest] + [float(accs.mean())]
+
+
+def _all_networks(num_eval: int, ids: list[int], local: list[Tensor], ws: int) -> list[Tensor]:
+    """Every network's values, in network order, from every rank's ``local`` float32
+    ``[len(ids)]`` tensors (the same list on every rank); ``local`` itself with one
+    process. Exact: the values travel as Python floats."""
+    if ws == 1:
+        return local
+    full = [[0.0] * num_eval for _ in local]
+    for their_ids, values in all_gather_objects((ids, [t.tolist() for t in local])):
+        for row, vals in zip(full, values, strict=True):
+            for i, v in zip(their_ids, vals, strict=True):
+                row[i] = v
+    dev = local[0].device
+    return [torch.tensor(row, dtype=torch.float32, device=dev) for row in full]
 
 
 def random_real_subset(data: RealData, ipc: int, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -21,12 +21,25 @@ One process trains into a folder at a time (:func:`lsslib.locking.hold_folder`);
 the disk check counts the true peak, group states included
 (:func:`buffer_peak_bytes`); a finished buffer is reused only after every expert
 file's checksum has been verified (:meth:`ExpertBuffer.verify`).
+
+Spread over ranks (``train_experts(..., world=...)`` or under an initialised
+``torch.distributed`` process group): rank ``r`` of ``R`` trains the whole expert groups
+``g`` (``g = g0 // experts_per_group``) with ``g % R == r`` and writes their expert files
+itself; after a barrier rank 0 verifies every expert and writes ``buffer.json``. Only
+whole groups move: on the CPU an expert's trajectory does not depend on which experts
+share its group (measured: bitwise), but vectorised training (``vectorise=True``, the
+default on CUDA) runs grouped convolutions whose float reassociation depends on the
+group; whole groups are trained exactly as by one process, so the buffer is bitwise the
+single process's on the same device type (the expert files' sha256, the
+``buffer.json`` apart from its ``created_utc``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Callable, Mapping
 from functools import lru_cache
@@ -51,6 +64,7 @@ from .config import BufferConfig, DataConfig, ModelConfig
 from .data import RealData
 from .locking import LockBusy, check_output_folder, folder_lock
 from .models import ConvNetSpec, init_flat
+from .sharded import all_gather_objects, spread_world
 from .training import TrainState, accuracy, train_nets
 
 __all__ = [
@@ -81,7 +95,7 @@ def buffer_bytes(spec: ConvNetSpec, cfg: BufferConfig) -> int:
 _METADATA_BYTES = 1 << 20
 
 
-def buffer_peak_bytes(spec: ConvNetSpec, cfg: BufferConfig) -> int:
+def buffer_peak_bytes(spec: ConvNetSpec, cfg: BufferConfig, world_size: int = 1) -> int:
     """The most bytes a buffer folder holds at any moment of training.
 
     A group of ``n`` experts saves after epoch ``k`` a state of ``(k + 3) n P``
@@ -90,7 +104,9 @@ def buffer_peak_bytes(spec: ConvNetSpec, cfg: BufferConfig) -> int:
     epoch ``k - 1`` is deleted only after it, so two states lie side by side
     (``(2T + 5) n P`` at the last epoch). After the last epoch the group's ``n``
     expert files are written while its last state still exists (``(2T + 4) n P``).
-    Experts of earlier groups are on disk throughout.
+    Experts of earlier groups are on disk throughout. With ``world_size`` R > 1 ranks
+    training groups at once (:func:`train_experts`'s spread), a bound: the finished
+    buffer plus R groups at their worst.
 
     Returns:
         Bytes (float32 payload plus :data:`_METADATA_BYTES`).
@@ -98,6 +114,10 @@ def buffer_peak_bytes(spec: ConvNetSpec, cfg: BufferConfig) -> int:
     per = spec.num_params * 4
     rng = torch.Generator().get_state().numel()  # bytes of one generator's state, per expert
     t = cfg.train_epochs
+    if world_size > 1:
+        n = min(cfg.experts_per_group, cfg.num_experts)
+        worst = (2 * t + 5) * n * per + 2 * n * rng
+        return buffer_bytes(spec, cfg) + world_size * worst + _METADATA_BYTES
     peak = done = 0
     for g0 in range(0, cfg.num_experts, cfg.experts_per_group):
         n = min(cfg.experts_per_group, cfg.num_experts - g0)
@@ -189,6 +209,7 @@ def train_experts(
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
     vectorise: bool | None = None,
+    world: tuple[int, int] | None = None,
 ) -> ExpertBuffer:
     """Train (or resume, or reuse) a buffer of expert trajectories.
 
@@ -200,12 +221,19 @@ def train_experts(
         log: receives one line per finished expert group and the disk estimate.
         progress: called as ``progress(epochs_done, epochs_total)`` after every epoch.
         vectorise: see :func:`lsslib.training.train_nets`.
+        world: ``(rank, world_size)`` to spread the expert groups over (module
+            docstring); ``None`` (default): the default process group's, ``(0, 1)``
+            without one (all groups here, as before). Every rank calls with the same
+            arguments and sees the same ``folder``; each reports ``log`` and
+            ``progress`` for its own groups.
 
     Returns:
-        The finished :class:`ExpertBuffer`.
+        The finished :class:`ExpertBuffer` (on every rank).
 
     Raises:
-        ValueError: ``folder`` (``buffer_dir``) is an existing file.
+        ValueError: ``folder`` (``buffer_dir``) is an existing file; ``world`` invalid or
+            ``world_size`` above the number of expert groups (before any work).
+        RuntimeError: spread over ranks, another rank failed (its error named).
         BufferMismatch: ``folder`` holds a buffer of another configuration.
         ArtifactError: ``folder`` holds a finished buffer with a damaged expert file.
         LockBusy: another process is training into ``folder``.
@@ -213,6 +241,13 @@ def train_experts(
             training; :func:`buffer_peak_bytes`).
     """
     folder = check_output_folder(folder, "buffer_dir")
+    groups = math.ceil(cfg.num_experts / cfg.experts_per_group)
+    rank, ws = spread_world(
+        world,
+        groups,
+        f"the {groups} expert groups (num_experts={cfg.num_experts}, "
+        f"experts_per_group={cfg.experts_per_group})",
+    )
     spec = ConvNetSpec.from_config(
         model_cfg, channels=data.channels, side=data.side, num_classes=data.num_classes
     )
@@ -231,24 +266,110 @@ def train_experts(
                 f"delete the folder. Differences: {_diff(meta['config'], full_config)}"
             )
         try:  # sweep the lock files a kill may have left; a live writer is left alone
-            with folder_lock(folder, param="buffer_dir", stage="expert buffer"):
-                pass
+            if rank == 0:
+                with folder_lock(folder, param="buffer_dir", stage="expert buffer"):
+                    pass
         except (LockBusy, OSError):  # a live writer, or a read-only folder: nothing to sweep
             pass
         buffer = ExpertBuffer(folder)
         buffer.verify()
         log(f"buffer complete in {folder} (checksums verified): reusing it")
         return buffer
-    with folder_lock(folder, param="buffer_dir", stage="expert buffer"):
-        return _train(
-            data, model_cfg, cfg, folder, spec, ident, full_config, log, progress, vectorise
+    args = (data, model_cfg, cfg, folder, spec, ident, full_config, log, progress, vectorise)
+    if ws == 1:
+        with folder_lock(folder, param="buffer_dir", stage="expert buffer"):
+            return _train(*args)
+    return _train_spread(args, rank, ws)
+
+
+def _agree(rank: int, exc: BaseException | None) -> None:
+    """Every rank's outcome of a step: raise on every rank if one failed (its own error
+    on that rank, a RuntimeError naming it on the others)."""
+    errors = all_gather_objects(None if exc is None else f"{type(exc).__name__}: {exc}")
+    if exc is not None:
+        raise exc
+    bad = [f"rank {r}: {e}" for r, e in enumerate(errors) if e is not None]
+    if bad:
+        raise RuntimeError(f"expert training failed on another rank: {'; '.join(bad)}")
+
+
+def _train_spread(args: tuple, rank: int, ws: int) -> ExpertBuffer:
+    """Rank ``rank``'s groups, then (rank 0, all ranks done) the index; rank 0 holds the
+    folder's lock throughout."""
+    folder, cfg = args[3], args[2]
+    with contextlib.ExitStack() as stack:
+        exc: BaseException | None = None
+        try:
+            if rank == 0:
+                stack.enter_context(folder_lock(folder, param="buffer_dir", stage="expert buffer"))
+        except Exception as e:  # noqa: BLE001 - re-raised by _agree on every rank
+            exc = e
+        _agree(rank, exc)
+        try:
+            _train(*args, rank=rank, world_size=ws, write_index=False)
+        except Exception as e:  # noqa: BLE001
+            exc = e
+        _agree(rank, exc)  # the barrier: every rank's experts are on disk
+        try:
+            if rank == 0:
+                _write_index_verified(folder, cfg, args[4], args[5], args[6])
+        except Exception as e:  # noqa: BLE001
+            exc = e
+        _agree(rank, exc)
+    return ExpertBuffer(folder)
+
+
+def _write_index_verified(folder: Path, cfg, spec, ident, full_config) -> None:
+    """Check every expert file of the buffer (its config and sha256), then commit
+    ``buffer.json`` with the accuracies their metadata recorded."""
+    missing = [i for i in range(cfg.num_experts) if not _expert_ok(folder, i, full_config)]
+    if missing:
+        raise ArtifactError(
+            f"buffer {folder}: experts {missing} missing or damaged after every rank "
+            "finished; rerun the buffers stage (only those are trained again)"
         )
+    accs = {
+        i: read_metadata(folder / f"expert_{i:03d}", kind="expert")["accuracy"]
+        for i in range(cfg.num_experts)
+    }
+    _write_index(folder, cfg, spec, ident, full_config, accs)
 
 
-def _train(data, model_cfg, cfg, folder, spec, ident, full_config, log, progress, vectorise):
-    index = folder / "buffer"
+def _write_index(folder: Path, cfg, spec, ident, full_config, accs: dict) -> None:
+    """Commit ``buffer.json``: the configuration, identity and every expert's accuracy."""
+    save_artifact(
+        folder / "buffer",
+        {},
+        kind="buffer",
+        config=full_config,
+        extra={
+            "identity": ident,
+            "num_experts": cfg.num_experts,
+            "epochs": cfg.train_epochs,
+            "num_params": spec.num_params,
+            "accuracy": {str(i): accs[i] for i in sorted(accs)},
+        },
+    )
+
+
+def _train(
+    data,
+    model_cfg,
+    cfg,
+    folder,
+    spec,
+    ident,
+    full_config,
+    log,
+    progress,
+    vectorise,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    write_index: bool = True,
+):
     final = buffer_bytes(spec, cfg)
-    peak = buffer_peak_bytes(spec, cfg)
+    peak = buffer_peak_bytes(spec, cfg, world_size)
     have = _folder_bytes(folder)
     log(
         f"buffer estimate: {cfg.num_experts} experts x {cfg.train_epochs + 1} snapshots x "
@@ -262,6 +383,8 @@ def _train(data, model_cfg, cfg, folder, spec, ident, full_config, log, progress
     strategy = cfg.dsa_strategy if cfg.dsa else None
     accs: dict[int, dict[str, list[float]]] = {}
     for g0 in range(0, cfg.num_experts, cfg.experts_per_group):
+        if (g0 // cfg.experts_per_group) % world_size != rank:
+            continue  # another rank's group
         ids = list(range(g0, min(g0 + cfg.experts_per_group, cfg.num_experts)))
         done = [_expert_ok(folder, i, full_config) for i in ids]
         gdir = folder / f"group_{g0:03d}"
@@ -331,19 +454,9 @@ def _train(data, model_cfg, cfg, folder, spec, ident, full_config, log, progress
         shutil.rmtree(gdir, ignore_errors=True)
         last = [accs[i]["test"][-1] for i in ids]
         log(f"experts {ids[0]}-{ids[-1]} done: final test accuracy {sum(last) / len(last):.4f}")
-    save_artifact(
-        index,
-        {},
-        kind="buffer",
-        config=full_config,
-        extra={
-            "identity": ident,
-            "num_experts": cfg.num_experts,
-            "epochs": cfg.train_epochs,
-            "num_params": spec.num_params,
-            "accuracy": {str(i): accs[i] for i in sorted(accs)},
-        },
-    )
+    if not write_index:
+        return None
+    _write_index(folder, cfg, spec, ident, full_config, accs)
     return ExpertBuffer(folder)
 
 

@@ -75,6 +75,9 @@ __all__ = [
     "barrier",
     "ensure_process_group",
     "launch",
+    "spread_world",
+    "spread_ids",
+    "all_gather_objects",
     "shares",
     "shard_plan",
     "sharded_loss",
@@ -161,6 +164,57 @@ def launch(fn: Callable[..., T], *args: Any, device: str = "cpu", **kwargs: Any)
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def spread_world(given: tuple[int, int] | None, count: int, allowed: str) -> tuple[int, int]:
+    """``(rank, world_size)`` of work spread over ranks (experts, evaluation networks).
+
+    Args:
+        given: the caller's ``world=(rank, world_size)``, or ``None`` for the default
+            process group's (:func:`world`; ``(0, 1)`` without one).
+        count: the units of work (expert groups, networks); every rank needs one.
+        allowed: how the caller names ``count``, for the error (``"num_eval=3"``).
+
+    Returns:
+        ``(rank, world_size)``; ``(0, 1)`` means this process does all the work.
+
+    Raises:
+        ValueError: ``world`` is not two ints ``0 <= rank < world_size``, or asks for
+            ``world_size > 1`` other than the initialised process group's (names
+            ``world``); ``world_size > count`` (names ``world_size`` and ``allowed``).
+    """
+    rank, ws = world() if given is None else given
+    ok = isinstance(rank, int) and isinstance(ws, int) and 0 <= rank < ws
+    if not ok or (ws > 1 and (rank, ws) != world()):
+        raise ValueError(
+            f"invalid parameter world={given!r}: allowed None (the default process group's "
+            f"rank and size, now {world()}), (0, 1) (all the work in this process) or the "
+            "initialised process group's (rank, world_size)"
+        )
+    if ws > count:
+        raise ValueError(
+            f"invalid parameter world_size={ws}: allowed at most {allowed} "
+            "(each rank trains at least one); use fewer ranks"
+        )
+    return rank, ws
+
+
+def spread_ids(count: int, rank: int, world_size: int) -> list[int]:
+    """The units ``i`` in ``range(count)`` with ``i % world_size == rank`` (round robin)."""
+    return list(range(rank, count, world_size))
+
+
+def all_gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` with one process.
+
+    Uses ``torch.distributed.all_gather_object`` (pickles; exact for Python floats).
+    """
+    ws = world()[1]
+    if ws == 1:
+        return [obj]
+    out: list[Any] = [None] * ws
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def shares(batch: int, world_size: int) -> list[tuple[int, int]]:
