@@ -55,7 +55,8 @@ parameters.refuse_unknown(globals())  # a misspelled -p NAME is an error
 results_dir = results_dir or f"results/{profile}"
 out_dir = out_dir or f"{results_dir}/study"
 tables = study.study_tables(results_dir, profile, out_dir)
-for name in ("cells", "effects", "best_iteration", "crossarch"):
+shown = ("cells", "effects", "best_iteration", "crossarch", "starting_set", "common_lr", "tuning")
+for name in [n for n in shown if n in tables and len(tables[n])]:  # what the profile has
     print(name)
     print(
         report.markdown_table(
@@ -64,7 +65,10 @@ for name in ("cells", "effects", "best_iteration", "crossarch"):
     )
 
 # %%
+import os
+
 from IPython.display import Image, Markdown, display
 
 display(Markdown(open(f"{out_dir}/findings.md").read()))
-display(Image(filename=f"{out_dir}/effects.png"))
+if os.path.isfile(f"{out_dir}/effects.png"):  # drawn when the profile has effects to pair
+    display(Image(filename=f"{out_dir}/effects.png"))
