@@ -686,9 +686,9 @@ def evaluate_set(
     real_seed: int | None = None,
     make_missing: bool | None = None,
 ) -> EvalRecord:
-    """Stage 3: meta-test accuracy of a synthetic set or of a baseline (PAPER.md 2.8).
+    """Stage 3: meta-test accuracy of a synthetic set or of a baseline (book/choices.md §8).
 
-    Beyond MTT's protocol, the study of issue 12 evaluates variants, each recorded in
+    Beyond MTT's protocol, the study evaluates variants, each recorded in
     the record's ``extra["variant"]``: the labels a set is trained with, another
     architecture, an earlier iteration's snapshot, and the accuracy on a validation
     split that no stage trains on.

@@ -18,7 +18,7 @@
 # One distillation run: a synthetic set (`parameterisation`: any registered unit of
 # `lsslib.parameterisations`; the profile's `main` runs are MTT-LSS and pixel MTT) at
 # a storage budget of `ipc` images per class, matched to the expert trajectories of
-# stage 1 (PAPER.md 2.1-2.6). Checkpoints every `checkpoint_every` iterations;
+# stage 1 (book/choices.md §1-§6). Checkpoints every `checkpoint_every` iterations;
 # rerunning resumes from the last one. Without a buffer in `buffer_dir`, the buffer is
 # trained first, with the profile's buffer parameters.
 #
@@ -110,7 +110,7 @@ buffer_dir = buffer_dir or str(res.buffers)  # a missing buffer is trained only 
 out_dir = out_dir or str(res.run(stages.main_run(profile, run)).folder)
 if world_size is None and profile is not None:  # > 1: the stage starts torchrun itself
     world_size = profiles.world_size(profiles.load_profile(profile), stages.main_run(profile, run))
-dev = report.pick_device(device, tf32=False)  # the unrolled loop stays in fp32 (PAPER.md 2.6)
+dev = report.pick_device(device, tf32=False)  # the unrolled loop stays in fp32 (book/choices.md §6)
 print(report.describe_device(dev))
 out = stages.distill(
     params,
