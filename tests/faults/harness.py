@@ -213,3 +213,15 @@ def write_tiny_cifar_archive(root: Path, per_class: int = 2, side: int = 4, seed
 
     shutil.rmtree(root / "tree")
     return archive
+
+
+def tree(root: Path) -> list[str]:
+    """Every path under ``root``, relative and sorted: what a refused stage must not change."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def make_file(path: Path) -> Path:
+    """A small file at ``path`` (its folders made): a file where a folder belongs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("x")
+    return path

@@ -11,15 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness import make_file, tree
 
 from lsslib import stages
 from lsslib.results import EvalRecord, Results
 
 CPU = torch.device("cpu")
-
-
-def _tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 @pytest.fixture
@@ -44,11 +41,6 @@ def _distill(buffer_dir, out_dir, **kw):
 def _evaluate(subject, out_dir, synset_dir=None, **kw):
     params = stages.stage_parameters("evaluate", {}, profile=None)
     stages.evaluate_set(params, subject, out_dir, CPU, synset_dir=synset_dir, profile=None, **kw)
-
-
-def _file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("x")
 
 
 def _buffers(w: Path, folder: Path) -> None:
@@ -93,17 +85,17 @@ CASES = {
         r"synset_dir=.*lsss': no synset.json there; did you mean .*lss'",
     ),
     "distill out_dir is a file": (
-        lambda w: _file(w / "runs" / "f"),
+        lambda w: make_file(w / "runs" / "f"),
         lambda w: _distill(w / "buffers", w / "runs" / "f"),
         r"out_dir=.*f': it is a file; allowed a folder",
     ),
     "distill out_dir under a file": (
-        lambda w: _file(w / "runs" / "f"),
+        lambda w: make_file(w / "runs" / "f"),
         lambda w: _distill(w / "buffers", w / "runs" / "f" / "run"),
         r"out_dir=.*: it lies under the file",
     ),
     "run's snapshots/ is a file": (
-        lambda w: _file(w / "runs" / "s" / "snapshots"),
+        lambda w: make_file(w / "runs" / "s" / "snapshots"),
         lambda w: _distill(w / "buffers", w / "runs" / "s"),
         r"out_dir=.*: its snapshots is a file; allowed a folder",
     ),
@@ -113,12 +105,12 @@ CASES = {
         r"out_dir=.*: its synset.json is a folder; allowed a file",
     ),
     "evaluate out_dir is a file": (
-        lambda w: _file(w / "evals" / "f"),
+        lambda w: make_file(w / "evals" / "f"),
         lambda w: _evaluate("random_real", w / "evals" / "f"),
         r"out_dir=.*f': it is a file",
     ),
     "buffer_dir is a file": (
-        lambda w: _file(w / "b"),
+        lambda w: make_file(w / "b"),
         lambda w: _buffers(w, w / "b"),
         r"buffer_dir=.*b': it is a file",
     ),
@@ -135,10 +127,10 @@ def test_a_misdirected_folder_is_refused_by_name_with_nothing_written(case, worl
     setup, call, match = CASES[case]
     if setup is not None:
         setup(world)
-    before = _tree(world)
+    before = tree(world)
     with pytest.raises(ValueError, match=match):
         call(world)
-    assert _tree(world) == before, "the refused stage wrote something"
+    assert tree(world) == before, "the refused stage wrote something"
     outcome("misdirected", case, "refused by name before any work, nothing written")
 
 
@@ -163,7 +155,7 @@ def test_an_evaluation_in_another_pixel_space_than_the_set_is_refused(world, out
     run = world / "runs" / "lss"
     meta = {"config": {"data": {"normalisation": "zca", "zca_eps": 0.1, "zca_input": "raw"}}}
     (run / "synset.json").write_text(json.dumps(meta))
-    before = _tree(world)
+    before = tree(world)
     with pytest.raises(ValueError, match=r"zca_eps=0.5: the set in synset_dir=.* zca_eps=0.1"):
         params = stages.stage_parameters(
             "evaluate", {"normalisation": "zca", "zca_eps": 0.5}, profile=None
@@ -171,7 +163,7 @@ def test_an_evaluation_in_another_pixel_space_than_the_set_is_refused(world, out
         stages.evaluate_set(
             params, "synset", world / "evals" / "z", CPU, synset_dir=run, profile=None
         )
-    assert _tree(world) == before
+    assert tree(world) == before
     outcome("contradicting", "evaluation ZCA other than the set's", "refused naming both values")
 
 

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness import make_file, tree
 
 from lsslib import parameters, profiles, stages, study, upstream
 
 CPU = torch.device("cpu")
-
-
-def _tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 @pytest.fixture
@@ -36,10 +33,10 @@ def test_a_training_subset_other_than_the_buffers_is_refused(world, outcome, mon
         {"net_depth": 2, "net_width": 4, "normalisation": "none", "train_per_class": 5},
         profile=None,
     )
-    before = _tree(world)
+    before = tree(world)
     with pytest.raises(ValueError, match=r"train_per_class=5: the buffer in .* trained with"):
         stages.distill(params, world / "buffers", world / "runs" / "new", CPU, profile=None)
-    assert _tree(world) == before
+    assert tree(world) == before
     outcome("contradicting", "training subset other than the buffer's", "refused naming both")
 
 
@@ -72,15 +69,9 @@ def test_a_sweep_value_beyond_the_budget_is_refused_before_the_first_runs(
     outcome("sweep", "a value too big for the budget", "refused before the first value runs")
 
 
-def _file(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("x")
-    return path
-
-
 CASES = {
     "evaluate synset_dir is a file": (
-        lambda w: _file(w / "runs" / "f"),
+        lambda w: make_file(w / "runs" / "f"),
         lambda w: stages.evaluate_set(
             stages.stage_parameters("evaluate", {}, profile=None),
             "synset",
@@ -92,7 +83,7 @@ CASES = {
         r"synset_dir=.*f': it is a file",
     ),
     "distill buffer_dir is a file": (
-        lambda w: _file(w / "bfile"),
+        lambda w: make_file(w / "bfile"),
         lambda w: stages.distill(
             stages.stage_parameters("distill", {}, profile=None),
             w / "bfile",
@@ -103,17 +94,17 @@ CASES = {
         r"buffer_dir=.*bfile': it is a file",
     ),
     "summary book_dir is a file": (
-        lambda w: _file(w / "book"),
+        lambda w: make_file(w / "book"),
         lambda w: upstream.prepare_summary("smoke", w, w / "book"),
         r"book_dir=.*book': it is a file",
     ),
     "summary book_dir/tables is a file": (
-        lambda w: _file(w / "book" / "tables"),
+        lambda w: make_file(w / "book" / "tables"),
         lambda w: upstream.prepare_summary("smoke", w, w / "book"),
         r"book_dir=.*: its tables is a file; allowed a folder",
     ),
     "study out_dir is a file": (
-        lambda w: _file(w / "study"),
+        lambda w: make_file(w / "study"),
         lambda w: study.study_tables(w, "smoke_study", w / "study"),
         r"out_dir=.*study': it is a file",
     ),
@@ -123,12 +114,12 @@ CASES = {
         r"results_dir=.*nosuch': no such folder",
     ),
     "ablation out_dir is a file": (
-        lambda w: _file(w / "abl"),
+        lambda w: make_file(w / "abl"),
         lambda w: stages.sweep("rank", [1], {}, {}, w, w / "abl", CPU),
         r"out_dir=.*abl': it is a file",
     ),
     "ablation results_dir's runs is a file": (
-        lambda w: (shutil.rmtree(w / "runs"), _file(w / "runs")),
+        lambda w: (shutil.rmtree(w / "runs"), make_file(w / "runs")),
         lambda w: stages.sweep("rank", [1], {}, {}, w, w / "abl2", CPU),
         r"results_dir=.*: its runs is a file; allowed a folder",
     ),
@@ -140,8 +131,8 @@ def test_a_file_where_a_folder_belongs_is_refused_by_name(case, world, outcome):
     setup, call, match = CASES[case]
     if setup is not None:
         setup(world)
-    before = _tree(world)
+    before = tree(world)
     with pytest.raises(ValueError, match=match):
         call(world)
-    assert _tree(world) == before, "the refused stage wrote something"
+    assert tree(world) == before, "the refused stage wrote something"
     outcome("file or folder", case, "refused by name before any work, nothing written")
