@@ -60,7 +60,7 @@ $(SETUP_STAMP): pyproject.toml
 
 # --- data ------------------------------------------------------------------
 # Nothing to download here: lsslib looks in data_root, $$LSS_DATA_ROOT, ./data,
-# ../shared/data (see lsslib/data.py) and falls back to torchvision's download.
+# a shared/data folder beside the checkout (see lsslib/data.py) and falls back to torchvision's download.
 # Fashion-MNIST comes from Debian's package dataset-fashion-mnist (installed here
 # when missing and apt-get can run; otherwise the message says what to install).
 FMNIST_DIR := /usr/share/datasets/fashion-mnist

@@ -26,7 +26,7 @@ Where the data is looked for (:func:`find_data_root`), first hit wins:
 1. the ``data_root`` argument;
 2. the environment variable ``LSS_DATA_ROOT``;
 3. ``./data`` under the current folder;
-4. ``../shared/data`` beside the current folder, then beside the repository;
+4. a ``shared/data`` folder beside the current folder, then beside the repository;
 5. the unit's own folders (``Dataset.extra_roots``, e.g. a system package's).
 
 A ``data_root`` given explicitly must exist and hold the dataset (a misspelled
@@ -140,13 +140,13 @@ def find_data_root(dataset: str, data_root: str | None = None) -> Path | None:
             raise ValueError(
                 f"invalid parameter data_root={data_root!r}: no such folder; allowed an existing "
                 f"folder holding {ds.offline_files}, or None to look in "
-                "$LSS_DATA_ROOT, ./data and ../shared/data"
+                "$LSS_DATA_ROOT, ./data and a shared/data folder beside the checkout"
             )
         if not ds.detect(root):
             raise ValueError(
                 f"invalid parameter data_root={data_root!r}: the folder holds no {dataset}; allowed "
                 f"a folder holding {ds.offline_files}, or None to look in "
-                "$LSS_DATA_ROOT, ./data and ../shared/data (and otherwise download)"
+                "$LSS_DATA_ROOT, ./data and a shared/data folder beside the checkout (and otherwise download)"
             )
         return root
     for root in [*_candidates(data_root), *map(Path, ds.extra_roots)]:

@@ -54,7 +54,7 @@ def download_root(root: Path | None) -> Path:
 
 def candidate_roots(data_root: str | None, extra: Sequence[str] = ()) -> list[Path]:
     """The lookup order of :func:`lsslib.data.find_data_root`: ``data_root``,
-    ``$LSS_DATA_ROOT``, ``./data``, ``../shared/data`` beside the current folder and
+    ``$LSS_DATA_ROOT``, ``./data``, a ``shared/data`` folder beside the current folder and
     beside the repository, then a unit's ``extra`` folders (e.g. where a system
     package installs it)."""
     out: list[Path] = []

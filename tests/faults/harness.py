@@ -22,6 +22,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 OPS = ("fsync", "replace", "rename", "unlink", "rmdir")
 
 
@@ -225,3 +227,15 @@ def make_file(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("x")
     return path
+
+
+def assert_refused_cleanly(case: tuple, world: Path, match: str | None = None) -> None:
+    """Run one ``(setup, call, message)`` case: set up the conflict, then the stage must
+    raise ``ValueError`` matching the message and leave ``world`` exactly as it was."""
+    setup, call, message = case
+    if setup is not None:
+        setup(world)
+    before = tree(world)
+    with pytest.raises(ValueError, match=match or message):
+        call(world)
+    assert tree(world) == before, "the refused stage wrote something"
